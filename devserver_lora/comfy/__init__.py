@@ -1,0 +1,1 @@
+"""ComfyUI client: HTTP + websocket, typed events and errors."""

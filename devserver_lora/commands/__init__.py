@@ -1,0 +1,1 @@
+"""CLI subcommand groups of `devserver-lora`; each module has `register(subparsers)`."""

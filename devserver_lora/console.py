@@ -1,0 +1,47 @@
+"""Shared output for every CLI: rich text for people, `--json` for machines, errors with their hint."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from rich.console import Console
+
+from .errors import DevserverLoraError
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def print_json(obj: Any) -> None:
+    """Print `obj` as JSON on stdout (pydantic models are dumped in JSON mode)."""
+    if hasattr(obj, "model_dump"):
+        obj = obj.model_dump(mode="json")
+    sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def report_error(exc: DevserverLoraError, *, as_json: bool = False) -> None:
+    if as_json:
+        body: dict[str, Any] = {"error": type(exc).__name__, "message": exc.message, "hint": exc.hint}
+        problems = getattr(exc, "problems", None)
+        if problems:
+            body["problems"] = [p.as_dict() for p in problems]
+        print_json(body)
+        return
+    err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+
+
+def run_command(func: Callable[[Any], int | None], args: Any) -> int:
+    """Call a subcommand; turn our errors into a message and exit code 1 instead of a traceback."""
+    try:
+        code = func(args)
+    except DevserverLoraError as exc:
+        report_error(exc, as_json=getattr(args, "json", False))
+        return 1
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+    return int(code or 0)

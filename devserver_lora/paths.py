@@ -1,0 +1,148 @@
+"""Hostile-name checks and crash-safe file writes.
+
+Every name that becomes a path (LoRA names, dataset names, job ids, output names,
+archive members) goes through `check_relative_name` or `safe_join`. Every file we
+write goes through `atomic_write_*`, so a crash never leaves half a file, and
+trained checkpoints go through `copy_no_overwrite`, which never replaces one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from .errors import UnsafePathError
+
+_WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
+_SIMPLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def check_relative_name(name: str, *, what: str = "name", suffix: str | None = None) -> str:
+    """Return `name` if it is a safe forward-slash relative path, else raise UnsafePathError.
+
+    Refused: empty, NUL or control characters, backslashes, absolute paths, drive
+    letters, '.' or '..' parts, empty parts ('a//b'), and (if given) another suffix.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise UnsafePathError(f"{what} is empty", hint="give a file name such as 'my_style.safetensors'")
+    if any(ord(c) < 32 for c in name):
+        raise UnsafePathError(f"{what} {name!r} contains a control character (NUL, newline, ...)")
+    if "\\" in name:
+        raise UnsafePathError(
+            f"{what} {name!r} contains a backslash", hint="use '/' to name a subfolder, e.g. 'styles/x.safetensors'"
+        )
+    if name.startswith("/") or _WINDOWS_DRIVE.match(name):
+        raise UnsafePathError(f"{what} {name!r} is an absolute path", hint="give a path relative to its folder")
+    parts = name.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise UnsafePathError(
+            f"{what} {name!r} has an empty, '.' or '..' part",
+            hint="a name may not climb out of its folder; use a plain relative path",
+        )
+    if suffix is not None and not name.endswith(suffix):
+        raise UnsafePathError(f"{what} {name!r} must end with {suffix!r}")
+    return name
+
+
+def check_simple_name(name: str, *, what: str = "name") -> str:
+    """A single path component of letters, digits, '.', '_' and '-' (a job id, dataset or output name)."""
+    if not isinstance(name, str) or not _SIMPLE_NAME.match(name) or name in (".", ".."):
+        raise UnsafePathError(
+            f"{what} {name!r} is not allowed",
+            hint="use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit",
+        )
+    return name
+
+
+def safe_join(root: str | os.PathLike[str], name: str, *, what: str = "name") -> Path:
+    """Join a hostile relative `name` under `root`, refusing anything that resolves outside it."""
+    check_relative_name(name, what=what)
+    base = Path(root).resolve()
+    target = (base / PurePosixPath(name)).resolve()
+    if target != base and base not in target.parents:
+        raise UnsafePathError(f"{what} {name!r} resolves outside {base}", hint="a symlink or '..' points elsewhere")
+    return target
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write `data` to `path` via a temp file in the same folder and an atomic rename."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(target.parent)
+    return target
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, indent: int = 2) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
+
+
+def free_name(path: str | os.PathLike[str]) -> Path:
+    """`path` if nothing is there, else the first of `stem-2.ext`, `stem-3.ext`, ... that is free."""
+    target = Path(path)
+    if not target.exists():
+        return target
+    n = 2
+    while True:
+        candidate = target.with_name(f"{target.stem}-{n}{target.suffix}")
+        if not candidate.exists():
+            return candidate
+        n += 1
+
+
+def copy_no_overwrite(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Path:
+    """Copy `src` to `dest` atomically; if `dest` exists, pick a suffixed free name. Returns the path written.
+
+    The final step is `os.link` of a fully written temp file, which fails rather than
+    replaces when another writer took the name first, so a checkpoint is never overwritten.
+    """
+    target = Path(dest)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        while True:
+            candidate = free_name(target)
+            try:
+                os.link(tmp, candidate)
+            except FileExistsError:
+                continue
+            break
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    _fsync_dir(target.parent)
+    return candidate

@@ -1,0 +1,1 @@
+"""Training LoRAs: dataset -> plan -> backend (Kohya or native) -> LoRA file -> install."""

@@ -1,0 +1,1 @@
+"""CLI subcommand groups of `python -m devserver_lora.train`; each module has `register(subparsers)`."""
