@@ -21,17 +21,32 @@ from .paths import check_relative_name
 STRENGTH_MIN = -100.0
 STRENGTH_MAX = 100.0
 LORA_SUFFIX = ".safetensors"
+# The same rule as paths.check_relative_name, for editors and jsonschema users: relative,
+# forward slashes, no '.', '..' or empty parts, no control characters, .safetensors suffix.
+NAME_PATTERN = r"^(?![A-Za-z]:)(?!/)(?!.*\\)(?!.*//)(?!(.*/)?\.\.?(/|$))[^\x00-\x1f]+\.safetensors$"
+
+
+def _schema_extra(schema: dict[str, Any]) -> None:
+    schema["properties"]["strength"] = {
+        "type": "number",
+        "minimum": STRENGTH_MIN,
+        "maximum": STRENGTH_MAX,
+        "description": "DevServer's spelling: one strength for both model and text encoders",
+    }
 
 
 class LoraSpec(BaseModel):
     """A LoRA to apply: its file (relative to ComfyUI's loras folder) and how strongly."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_schema_extra)
 
-    name: str = Field(description="Path relative to ComfyUI's models/loras folder, ending in .safetensors")
+    name: str = Field(
+        description="Path relative to ComfyUI's models/loras folder, ending in .safetensors",
+        json_schema_extra={"pattern": NAME_PATTERN},
+    )
     strength_model: float = Field(1.0, ge=STRENGTH_MIN, le=STRENGTH_MAX, description="Strength on the diffusion model")
-    strength_clip: float | None = Field(
-        None, ge=STRENGTH_MIN, le=STRENGTH_MAX, description="Strength on the text encoders (defaults to strength_model)"
+    strength_clip: float = Field(
+        1.0, ge=STRENGTH_MIN, le=STRENGTH_MAX, description="Strength on the text encoders (defaults to strength_model)"
     )
     trigger_words: tuple[str, ...] | None = Field(
         None, description="Words that activate the LoRA; read from the file's metadata when absent"
@@ -44,9 +59,17 @@ class LoraSpec(BaseModel):
     @classmethod
     def _strength_alias(cls, data: Any) -> Any:
         # DevServer's native spelling has one `strength` for both; it fills whichever is not given.
+        # The clip strength is resolved here, so every spelling yields the same canonical spec.
+        if isinstance(data, dict) and "strength" not in data and "strength_clip" not in data and "strength_model" in data:
+            data = dict(data)
+            data["strength_clip"] = data["strength_model"]
         if isinstance(data, dict) and "strength" in data:
             data = dict(data)
             strength = data.pop("strength")
+            if "strength_model" in data and data["strength_model"] != strength:
+                raise ValueError(
+                    f"'strength' ({strength!r}) and 'strength_model' ({data['strength_model']!r}) disagree; give one"
+                )
             data.setdefault("strength_model", strength)
             data.setdefault("strength_clip", strength)
         return data
@@ -57,7 +80,7 @@ class LoraSpec(BaseModel):
         try:
             return check_relative_name(value, what="LoRA name", suffix=LORA_SUFFIX)
         except UnsafePathError as exc:
-            raise ValueError(str(exc)) from None
+            raise ValueError(f"{exc.message}; {exc.hint}" if exc.hint else exc.message) from None
 
     @field_validator("strength_model", "strength_clip", mode="before")
     @classmethod
@@ -88,8 +111,8 @@ class LoraSpec(BaseModel):
 
     @property
     def clip_strength(self) -> float:
-        """The strength on the text encoders: `strength_clip`, else `strength_model`."""
-        return self.strength_model if self.strength_clip is None else self.strength_clip
+        """The strength on the text encoders (an alias kept for readability at call sites)."""
+        return self.strength_clip
 
     def to_lora_dict(self) -> dict[str, Any]:
         """The top-level `lora` item as this product writes it."""

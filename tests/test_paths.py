@@ -1,0 +1,93 @@
+"""Hostile names and crash-safe writes (shared by every part of the product)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from devserver_lora.errors import UnsafePathError
+from devserver_lora.lora_spec import LoraSpec
+from devserver_lora.paths import (
+    atomic_write_bytes,
+    atomic_write_json,
+    check_simple_name,
+    copy_no_overwrite,
+    safe_join,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("ab./\\:\x00 C_-")), max_size=16))
+def test_accepted_lora_names_never_escape_the_loras_folder(tmp_path_factory: pytest.TempPathFactory, raw: str) -> None:
+    root = tmp_path_factory.getbasetemp() / "loras"
+    root.mkdir(exist_ok=True)
+    name = raw + ".safetensors"
+    try:
+        LoraSpec(name=name)
+    except ValueError:
+        return
+    target = safe_join(root, name)
+    assert root.resolve() in target.parents
+
+
+def test_safe_join_refuses_symlink_escape(tmp_path: Path) -> None:
+    root = tmp_path / "loras"
+    root.mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (root / "link").symlink_to(outside)
+    with pytest.raises(UnsafePathError, match="outside"):
+        safe_join(root, "link/x.safetensors")
+
+
+@pytest.mark.parametrize("name", ["..", ".", "", "a/b", "-x", "x" * 129, "a b", "é"])
+def test_simple_names(name: str) -> None:
+    with pytest.raises(UnsafePathError):
+        check_simple_name(name)
+
+
+def test_atomic_write_leaves_old_file_when_write_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "plan.json"
+    atomic_write_json(target, {"v": 1})
+
+    def boom(*args: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write_bytes(target, b"half")
+    assert target.read_text() == '{\n  "v": 1\n}\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["plan.json"]
+
+
+def test_copy_no_overwrite_never_replaces_a_checkpoint(tmp_path: Path) -> None:
+    src = tmp_path / "src.safetensors"
+    dest_dir = tmp_path / "loras"
+    written = []
+    lock = threading.Lock()
+
+    def copy(i: int) -> None:
+        data = tmp_path / f"s{i}"
+        data.write_bytes(bytes([i]) * 1000)
+        path = copy_no_overwrite(data, dest_dir / "style.safetensors")
+        with lock:
+            written.append((i, path))
+
+    src.write_bytes(b"x")
+    threads = [threading.Thread(target=copy, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    paths = [p for _, p in written]
+    assert len(set(paths)) == 8
+    for i, path in written:
+        assert path.read_bytes() == bytes([i]) * 1000
+    assert sorted(p.name for p in dest_dir.iterdir()) == sorted(
+        ["style.safetensors"] + [f"style-{n}.safetensors" for n in range(2, 9)]
+    )

@@ -1,0 +1,151 @@
+"""`devserver-lora validate` / `show-config` and the exported JSON Schemas (issue 2)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jsonschema
+import pytest
+from conftest import SAMPLES, SCHEMAS
+
+from devserver_lora.cli import build_parser, main
+from devserver_lora.validate import export_json_schemas, validate_paths
+
+YORUBA = SCHEMAS / "configs/output/sd35_large_yoruba.json"
+
+
+def _yoruba() -> dict:
+    return json.loads(YORUBA.read_text(encoding="utf-8"))
+
+
+def _write(folder: Path, name: str, data: dict | str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_exported_schemas_are_not_stale() -> None:
+    for stem, schema in export_json_schemas().items():
+        on_disk = json.loads((SCHEMAS / f"{stem}.schema.json").read_text(encoding="utf-8"))
+        assert on_disk == schema, f"schemas/{stem}.schema.json is stale: run `devserver-lora export-schemas`"
+
+
+def test_json_schema_alone_accepts_real_files_and_rejects_hostile_names() -> None:
+    schemas = export_json_schemas()
+    config_schema, chunk_schema = schemas["output_config"], schemas["output_chunk"]
+    jsonschema.validate(_yoruba(), config_schema)
+    jsonschema.validate(json.loads((SAMPLES / "sd35_large.json").read_text()), config_schema)
+    jsonschema.validate(json.loads((SAMPLES / "output_image_sd35_large.json").read_text()), chunk_schema)
+    as_list = _yoruba() | {"lora": [_yoruba()["lora"]]}
+    jsonschema.validate(as_list, config_schema)
+    for bad in ("../x.safetensors", "/abs.safetensors", "a\\b.safetensors", "x.ckpt", "a//b.safetensors"):
+        data = _yoruba()
+        data["parameters"]["loras"][0]["name"] = bad
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(data, config_schema)
+
+
+def test_samples_and_shipped_files_pass() -> None:
+    problems = validate_paths([SAMPLES, SCHEMAS])
+    assert [p for p in problems if p.severity == "error"] == []
+    # The upstream sd35_large points at a Diffusers chunk we do not have: a warning, not an error.
+    assert [(Path(p.file).name, p.code) for p in problems] == [("sd35_large.json", "chunk_not_found")]
+
+
+def _codes(problems: list) -> list[tuple[str, str, str]]:
+    return [(Path(p.file).name, p.path, p.code) for p in problems if p.severity == "error"]
+
+
+def test_broken_copies_are_rejected_precisely(tmp_path: Path) -> None:
+    bad = tmp_path / "bad"
+    hostile = _yoruba()
+    hostile["lora"]["name"] = "../../models/checkpoints/x.safetensors"
+    hostile["parameters"]["loras"][0]["name"] = hostile["lora"]["name"]
+    _write(bad, "sd35_large_hostile.json", hostile)
+
+    nan = _yoruba()
+    nan["lora"]["strength_model"] = float("nan")
+    nan["parameters"].pop("loras")
+    _write(bad, "sd35_large_nan.json", json.dumps(nan))  # json.dumps writes a bare NaN, as a careless editor would
+
+    diffusers = _yoruba()
+    diffusers["parameters"]["OUTPUT_CHUNK"] = "output_image_sd35_diffusers"
+    _write(bad, "sd35_large_diffusers_lora.json", diffusers)
+    chunk = json.loads((SAMPLES / "output_image_sd35_large.json").read_text())
+    chunk |= {"name": "output_image_sd35_diffusers", "backend_type": "diffusers"}
+    _write(bad, "output_image_sd35_diffusers.json", chunk)
+
+    _write(bad, "sd35_large_faces.json", _yoruba())
+
+    problems = validate_paths([bad, SCHEMAS])
+    codes = _codes(problems)
+    assert ("sd35_large_hostile.json", "$.lora[0].name", "value_error") in codes
+    assert ("sd35_large_hostile.json", "$.parameters.loras[0].name", "value_error") in codes
+    assert ("sd35_large_nan.json", "$.lora[0].strength_model", "value_error") in codes
+    assert ("sd35_large_diffusers_lora.json", "$.parameters.OUTPUT_CHUNK", "chunk_not_comfyui") in codes
+    assert ("sd35_large_faces.json", "$", "name_routes_non_image") in codes
+    assert len(codes) == 5, codes
+    messages = {p.code + ":" + Path(p.file).name: p.message for p in problems}
+    assert "climb" in " ".join(p.hint or p.message for p in problems if "hostile" in p.file) or any(
+        "'..' part" in p.message for p in problems
+    )
+    assert "finite" in messages["value_error:sd35_large_nan.json"]
+    assert "'diffusers'" in messages["chunk_not_comfyui:sd35_large_diffusers_lora.json"]
+    assert "'ace'" in messages["name_routes_non_image:sd35_large_faces.json"]
+
+
+def test_chunk_mapping_to_missing_node_and_bad_interception_lora(tmp_path: Path) -> None:
+    chunk = json.loads((SAMPLES / "output_image_sd35_large.json").read_text())
+    chunk["input_mappings"]["seed"]["node_id"] = "99"
+    _write(tmp_path / "chunks", "output_image_sd35_large.json", chunk)
+    interception = json.loads((SAMPLES / "cooked_negatives.json").read_text())
+    interception["meta"]["loras"][0]["strength"] = "very"
+    _write(tmp_path / "configs/interception", "cooked_negatives.json", interception)
+    codes = _codes(validate_paths([tmp_path]))
+    assert ("output_image_sd35_large.json", "$.input_mappings.seed.node_id", "invalid") in codes
+    assert ("cooked_negatives.json", "$.meta.loras[0].strength_model", "value_error") in codes
+
+
+def test_lora_config_without_its_chunk_is_an_error(tmp_path: Path) -> None:
+    _write(tmp_path, "sd35_large_yoruba.json", _yoruba())
+    codes = _codes(validate_paths([tmp_path]))
+    assert codes == [("sd35_large_yoruba.json", "$.parameters.OUTPUT_CHUNK", "chunk_not_found")]
+
+
+def test_cli_validate_exit_codes_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", str(SAMPLES), str(SCHEMAS)]) == 0
+    capsys.readouterr()
+    _write(tmp_path, "sd35_large_faces.json", _yoruba())
+    assert main(["validate", str(tmp_path), str(SCHEMAS), "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is False
+    assert report["problems"][0]["code"] == "name_routes_non_image"
+    assert main(["validate", str(tmp_path / "missing.json")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_cli_show_config(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["show-config", "sd35_large_yoruba", "--schemas", str(SCHEMAS), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["output_chunk"] == "output_image_sd35_large"
+    assert shown["loras"][0]["strength_clip"] == 0.85
+    assert main(["show-config", "sd35_large_yoruba"]) == 0
+    assert "yorubaheritage_sd35.safetensors: model 0.85, clip 0.85" in capsys.readouterr().out
+    assert main(["show-config", "nope", "--schemas", str(SCHEMAS)]) == 1
+    assert "known configs" in capsys.readouterr().err
+
+
+def test_help_everywhere() -> None:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for name in sub.choices:
+        result = subprocess.run(
+            [sys.executable, "-m", "devserver_lora", name, "--help"], capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 0, (name, result.stderr)
+        assert "usage:" in result.stdout
