@@ -181,8 +181,8 @@ class DatasetError(TrainingError):
         self.problems: list[Problem] = list(problems or [])
 
 
-class PlanError(TrainingError):
-    """Hyperparameters are invalid, or the training cannot fit the GPU."""
+class PlanError(_ProblemsError, TrainingError):
+    """Hyperparameters are invalid, or the training cannot fit the GPU (`problems` lists each bad setting)."""
 
 
 class BackendError(TrainingError):

@@ -34,13 +34,11 @@ UNKNOWN = "*"
 
 def is_link(value: Any) -> bool:
     """True for `[node_id, output_index]` (ComfyUI's link form; a bool is not an index)."""
-    return (
-        isinstance(value, (list, tuple))
-        and len(value) == 2
-        and isinstance(value[0], (str, int))
-        and isinstance(value[1], int)
-        and not isinstance(value[1], bool)
-    )
+    # Exact type checks: this runs for every input of every node, and JSON only yields these types.
+    t = type(value)
+    if t is not list and t is not tuple or len(value) != 2:
+        return False
+    return type(value[1]) is int and type(value[0]) in (str, int)
 
 
 def iter_links(graph: Mapping[str, Any]) -> Iterator[tuple[str, str, str, int]]:
@@ -136,13 +134,18 @@ class EdgeIndex:
 
     def class_of(self, node_id: str) -> str:
         node = self.graph.get(node_id)
-        return node.get("class_type", "") if isinstance(node, Mapping) else ""
+        return node.get("class_type", "") if type(node) is dict else ""
 
     def output_type(self, node_id: str, index: int) -> str:
         """The type of an output: from the table, else from the inputs that consume it."""
-        known = self.types.output_type(self.class_of(node_id), index)
-        if known is not None:
-            return known
+        entry = self.types._table.get(self.class_of(node_id))
+        if entry is not None:
+            outs = entry["out"]
+            if 0 <= index < len(outs):
+                return outs[index]
+        return self._inferred_type(node_id, index)
+
+    def _inferred_type(self, node_id: str, index: int) -> str:
         for consumer, name in self.consumers.get((node_id, index), ()):
             t = self.types.input_type(self.class_of(consumer), name)
             if t is None and not self.types.knows(self.class_of(consumer)):
@@ -151,14 +154,17 @@ class EdgeIndex:
                 return t
         return UNKNOWN
 
-    def output_indices(self, node_id: str) -> list[int]:
+    def output_indices(self, node_id: str) -> range | list[int]:
         """Indices of the outputs that exist (known classes) or are used (unknown classes)."""
-        outs = self.types.outputs(self.class_of(node_id))
-        if outs is not None:
-            return list(range(len(outs)))
+        entry = self.types._table.get(self.class_of(node_id))
+        if entry is not None:
+            return range(len(entry["out"]))
         return sorted({idx for (src, idx) in self.consumers if src == node_id})
 
     def outputs_of_type(self, node_id: str, type_name: str) -> list[int]:
+        entry = self.types._table.get(self.class_of(node_id))
+        if entry is not None:
+            return [i for i, t in enumerate(entry["out"]) if t == type_name]
         return [i for i in self.output_indices(node_id) if self.output_type(node_id, i) == type_name]
 
     def linked_inputs(self, node_id: str) -> Iterator[tuple[str, str, int]]:
@@ -168,7 +174,10 @@ class EdgeIndex:
                 yield name, str(value[0]), value[1]
 
     def consumes_type(self, node_id: str, type_name: str) -> bool:
-        return any(self.output_type(src, idx) == type_name for _, src, idx in self.linked_inputs(node_id))
+        for value in (self.graph[node_id].get("inputs") or {}).values():
+            if is_link(value) and self.output_type(str(value[0]), value[1]) == type_name:
+                return True
+        return False
 
     def add_node(self, node_id: str, node: dict[str, Any]) -> None:
         self.graph[node_id] = node

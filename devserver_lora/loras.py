@@ -1,35 +1,545 @@
-"""LoRA files: safetensors header, format, architecture, trigger words, key coverage (signatures final)."""
+"""LoRA files: read the safetensors header (never the tensors), describe the LoRA, predict ComfyUI's warnings.
+
+`inspect_lora(path)` reads only the header (8-byte little-endian length + JSON), checks it
+against the file (size bound, offsets inside the data region, contiguous, shapes x dtype = bytes),
+and reports key format, target architecture with depth and rank, text-encoder parts, alpha and
+trigger words. `predict_not_loaded(report, arch)` lists the "lora key not loaded: ..." and
+"NOT LOADED ..." lines ComfyUI would log when it applies the LoRA to that model (see lora_keys).
+Pickle files (.ckpt/.pt/.pth/.bin, or a zip/pickle behind a .safetensors name) are refused
+unopened: unpickling runs code.
+"""
 
 from __future__ import annotations
 
+import json
+import math
 import os
-from typing import Any
+import re
+import struct
+from collections import Counter
+from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
+
+from .errors import LoraFileError
+from .lora_keys import ARCHS, ArchSpec, Target, clip_weights, comfy_key_map, model_weights, target_text
+
+__all__ = [
+    "ARCHS",
+    "ArchSpec",
+    "LoraReport",
+    "inspect_lora",
+    "describe_lora",
+    "fit_problems",
+    "read_safetensors_header",
+    "predict_not_loaded",
+    "lora_has_text_encoder",
+    "resolve_arch",
+    "TRIGGER_WORDS_KEY",
+]
+
+# The product's own metadata key: a JSON list of trigger words, written at install time.
+TRIGGER_WORDS_KEY = "devserver_lora.trigger_words"
+# safetensors itself refuses headers over 100 MB; a LoRA header is a few hundred KB at most.
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+_DTYPE_BYTES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+    "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
+}
+_PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin", ".pkl", ".pickle"}
+
+Format = Literal["kohya", "diffusers", "peft", "onetrainer", "comfy", "lycoris", "mixed", "unknown"]
+
+
+class TensorInfo(BaseModel):
+    dtype: str
+    shape: list[int]
 
 
 class LoraReport(BaseModel):
     """What a LoRA file holds, read from its header alone."""
 
     path: str
-    keys: list[str] = []
-    metadata: dict[str, str] = {}
-    trigger_words: list[str] = []
+    file_size: int
+    tensor_count: int
+    keys: list[str] = Field(description="Tensor names, sorted (the order ComfyUI loads and logs them)")
+    tensors: dict[str, TensorInfo] = Field(default_factory=dict, repr=False)
+    metadata: dict[str, str] = Field(default_factory=dict, repr=False)
+    format: Format = "unknown"
+    adapter: str = "lora"
+    architecture: str = Field("unknown", description="sd3 / sd35_large / sd35_medium / sd3_medium / sdxl / sd15 / flux")
+    family: str = "unknown"
+    depth: int | None = Field(None, description="SD3: joint blocks (hidden / 64); FLUX: double blocks")
+    hidden_size: int | None = None
+    attn2_blocks: list[int] = Field(default_factory=list)
+    rank: int | None = Field(None, description="The most common rank")
+    ranks: list[int] = Field(default_factory=list)
+    has_alpha: bool = False
+    text_encoders: list[str] = Field(default_factory=list, description="clip_l / clip_g / t5xxl parts the LoRA patches")
+    has_text_encoder: bool = False
+    has_unet: bool = False
+    trigger_words: list[str] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)
 
 
-ARCHS: dict[str, Any] = {}
+# ----------------------------------------------------------------------------- header
+def _refuse_pickle(path: Path, why: str) -> LoraFileError:
+    return LoraFileError(
+        f"{path}: {why}; pickle files can run code when loaded, so they are refused unopened",
+        hint="convert it to .safetensors on a trusted machine (or get the .safetensors release of this LoRA)",
+    )
+
+
+def read_safetensors_header(path: str | os.PathLike[str]) -> tuple[dict[str, TensorInfo], dict[str, str], int]:
+    """`(tensors, metadata, file_size)` from a .safetensors header, validated against the file.
+
+    Raises `LoraFileError` for a missing, unreadable, pickle, truncated or lying file.
+    """
+    p = Path(path)
+    if p.suffix.lower() in _PICKLE_SUFFIXES:
+        raise _refuse_pickle(p, f"'{p.suffix}' is a pickle format")
+    try:
+        size = p.stat().st_size
+        with p.open("rb") as fh:
+            head = fh.read(8)
+            if head[:2] == b"PK" or head[:1] == b"\x80":
+                raise _refuse_pickle(p, "the file is a PyTorch zip/pickle archive, not safetensors")
+            if len(head) < 8:
+                raise LoraFileError(
+                    f"{p}: only {size} bytes, too short for a safetensors file (8-byte header length first)",
+                    hint="the file is truncated or empty: copy or download it again",
+                )
+            (n,) = struct.unpack("<Q", head)
+            if n > MAX_HEADER_BYTES:
+                raise LoraFileError(
+                    f"{p}: header length {n} bytes is over the {MAX_HEADER_BYTES} byte limit",
+                    hint="this is not a safetensors file, or it is corrupt",
+                )
+            if n > size - 8:
+                raise LoraFileError(
+                    f"{p}: header claims {n} bytes but the file has only {size - 8} after the length",
+                    hint="the file is truncated: copy or download it again",
+                )
+            raw = fh.read(n)
+    except FileNotFoundError:
+        raise LoraFileError(f"{p}: no such LoRA file", hint="check the name and the loras folder") from None
+    except IsADirectoryError:
+        raise LoraFileError(f"{p}: is a folder, not a LoRA file") from None
+    except PermissionError:
+        raise LoraFileError(f"{p}: cannot read the file (permission denied)") from None
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise LoraFileError(f"{p}: the safetensors header is not valid JSON ({exc})", hint="the file is corrupt") from None
+    if not isinstance(header, dict):
+        raise LoraFileError(f"{p}: the safetensors header is not a JSON object", hint="the file is corrupt")
+    meta_raw = header.pop("__metadata__", None) or {}
+    if not isinstance(meta_raw, dict):
+        raise LoraFileError(f"{p}: __metadata__ is not an object of strings", hint="the file is corrupt")
+    metadata = {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in meta_raw.items()}
+    data_size = size - 8 - n
+    tensors: dict[str, TensorInfo] = {}
+    spans: list[tuple[int, int, str]] = []
+    for name, info in header.items():
+        where = f"{p}: tensor '{name}'"
+        if not isinstance(info, dict):
+            raise LoraFileError(f"{where}: entry is not an object", hint="the file is corrupt")
+        dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if dtype not in _DTYPE_BYTES:
+            raise LoraFileError(f"{where}: unknown dtype {dtype!r}", hint="the file is corrupt or from a newer format")
+        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+            raise LoraFileError(f"{where}: shape {shape!r} is not a list of non-negative integers", hint="the file is corrupt")
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1] <= data_size
+        ):
+            raise LoraFileError(
+                f"{where}: data offsets {offsets!r} lie outside the {data_size}-byte data region",
+                hint="the file is truncated or its header is corrupt",
+            )
+        expected = math.prod(shape) * _DTYPE_BYTES[dtype]
+        if offsets[1] - offsets[0] != expected:
+            raise LoraFileError(
+                f"{where}: {dtype} {shape} needs {expected} bytes but its offsets span {offsets[1] - offsets[0]}",
+                hint="the header is corrupt",
+            )
+        tensors[name] = TensorInfo(dtype=dtype, shape=shape)
+        spans.append((offsets[0], offsets[1], name))
+    spans.sort()
+    pos = 0
+    for begin, end, name in spans:
+        if begin != pos:
+            kind = "overlaps the previous tensor" if begin < pos else f"leaves a gap of {begin - pos} bytes"
+            raise LoraFileError(f"{p}: tensor '{name}' {kind} (offset {begin}, expected {pos})", hint="the header is corrupt")
+        pos = end
+    if pos != data_size:
+        raise LoraFileError(
+            f"{p}: tensors cover {pos} bytes but the data region has {data_size}",
+            hint="the file is truncated, padded or its header is corrupt",
+        )
+    return tensors, metadata, size
+
+
+# ----------------------------------------------------------------------------- description
+_LORA_DOWN = (".lora_down.weight", ".lora_A.weight", "_lora.down.weight", ".lora.down.weight",
+              ".lora_linear_layer.down.weight", ".lora_A.default.weight", ".lora_A")
+
+
+def _stem_down(key: str) -> str | None:
+    for s in _LORA_DOWN:
+        if key.endswith(s):
+            return key[: -len(s)]
+    return None
+
+
+def _format(keys: list[str]) -> Format:
+    kinds = set()
+    for k in keys:
+        if k.startswith(("lora_unet_", "lora_te")):
+            kinds.add("kohya")
+        elif k.startswith(("transformer.", "unet.", "text_encoder.", "text_encoder_2.")):
+            kinds.add("diffusers")
+        elif k.startswith("base_model.model."):
+            kinds.add("peft")
+        elif k.startswith("lora_transformer_"):
+            kinds.add("onetrainer")
+        elif k.startswith(("diffusion_model.", "text_encoders.")):
+            kinds.add("comfy")
+        elif k.startswith("lycoris_"):
+            kinds.add("lycoris")
+        else:
+            kinds.add("unknown")
+    if len(kinds) == 1:
+        return kinds.pop()  # type: ignore[return-value]
+    return "mixed" if kinds else "unknown"
+
+
+def _adapter(keys: list[str]) -> str:
+    joined = "\n".join(keys)
+    for marker, name in ((".hada_w1_a", "loha"), (".lokr_w", "lokr"), (".oft_blocks", "oft"), (".a1.weight", "glora")):
+        if marker in joined:
+            return name
+    if ".diff" in joined and "lora" not in joined.lower():
+        return "full-diff"
+    return "lora"
+
+
+_TE_BY_WIDTH = {768: "clip_l", 1280: "clip_g", 4096: "t5xxl"}
+
+
+def _text_encoders(tensors: dict[str, TensorInfo]) -> list[str]:
+    found = set()
+    for k, t in tensors.items():
+        stem = _stem_down(k)
+        if stem is None:
+            continue
+        if stem.startswith(("lora_te", "text_encoder", "text_encoders.")) and len(t.shape) >= 2:
+            enc = _TE_BY_WIDTH.get(t.shape[1])
+            if enc is None:
+                # Only a layer whose input width does not tell (mlp fc2): fall back on the prefix.
+                enc = "clip_g" if stem.startswith(("lora_te2_", "text_encoder_2.")) else (
+                    "t5xxl" if stem.startswith("lora_te3_") else "clip_l")
+            found.add(enc)
+    return sorted(found, key=["clip_l", "clip_g", "t5xxl"].index)
+
+
+def _unet_stem(stem: str) -> str:
+    for prefix in ("transformer.", "base_model.model.", "unet.", "diffusion_model.", "lora_unet_", "lora_transformer_", "lycoris_"):
+        if stem.startswith(prefix):
+            return stem[len(prefix):]
+    return stem
+
+
+def _architecture(report: LoraReport) -> None:
+    stems: dict[str, list[int]] = {}
+    for k, t in report.tensors.items():
+        s = _stem_down(k)
+        if s is not None and not s.startswith(("lora_te", "text_encoder")):
+            stems[_unet_stem(s)] = t.shape
+    report.has_unet = bool(stems)
+    names = "\n".join(stems)
+    if not stems:
+        return
+    if re.search(r"(^|\n)(double_blocks|single_blocks|single_transformer_blocks)[._]", names) or (
+        "transformer_blocks" in names and any(sh[1] == 3072 for sh in stems.values() if len(sh) > 1)
+    ):
+        report.family = report.architecture = "flux"
+        blocks = {int(m) for m in re.findall(r"(?:double_blocks|(?<!single_)transformer_blocks)[._](\d+)", names)}
+        report.depth = max(blocks) + 1 if blocks else None
+        report.hidden_size = 3072
+        return
+    if re.search(r"joint_blocks[._]\d+|transformer_blocks[._]\d+[._]attn[._]add_", names) or "transformer_blocks" in names and "ff_context" in names:
+        report.family = "sd3"
+        hidden = None
+        for s, sh in stems.items():
+            if re.search(r"(attn[._]qkv|attn[._]to_q|attn[._]proj|to_out[._]0)$", s) and len(sh) > 1:
+                hidden = sh[1]
+                break
+        if hidden is None:
+            hidden = max((sh[1] for sh in stems.values() if len(sh) > 1), default=0)
+        report.hidden_size = hidden
+        report.depth = hidden // 64 if hidden else None
+        report.attn2_blocks = sorted(
+            {int(m) for m in re.findall(r"(?:joint_blocks|transformer_blocks)[._](\d+)[._](?:x_block[._])?attn2", names)}
+        )
+        if report.depth == 38:
+            report.architecture = "sd35_large"
+        elif report.depth == 24:
+            report.architecture = "sd35_medium" if report.attn2_blocks else "sd3_medium"
+        else:
+            report.architecture = "sd3"
+        return
+    if re.search(r"(input_blocks|output_blocks|middle_block|down_blocks|up_blocks|mid_block)", names):
+        report.family = "unet"
+        context = {sh[1] for s, sh in stems.items() if re.search(r"attn2[._]to_[kv]$", s) and len(sh) > 1}
+        if 2048 in context or re.search(r"(^|\n)(input_blocks|output_blocks)[._]", names) and 768 not in context:
+            report.architecture = report.family = "sdxl"
+        elif 768 in context or "down_blocks" in names:
+            report.architecture = report.family = "sd15"
+
+
+def _trigger_words(metadata: dict[str, str]) -> list[str]:
+    words: list[str] = []
+    own = metadata.get(TRIGGER_WORDS_KEY)
+    if own:
+        try:
+            value = json.loads(own)
+        except json.JSONDecodeError:
+            value = [own]
+        if isinstance(value, str):
+            value = [value]
+        if isinstance(value, list):
+            words += [w for w in value if isinstance(w, str)]
+    phrase = metadata.get("modelspec.trigger_phrase")
+    if phrase:
+        words += [w for w in phrase.split(",")]
+    freq = metadata.get("ss_tag_frequency")
+    if freq:
+        try:
+            dirs = json.loads(freq)
+        except json.JSONDecodeError:
+            dirs = {}
+        for folder, tags in (dirs.items() if isinstance(dirs, dict) else ()):
+            # Kohya's "<repeats>_<class token>" folders: the class token is the trigger it trained.
+            m = re.fullmatch(r"\d+_(.+)", str(folder))
+            if m:
+                words.append(m.group(1))
+            elif isinstance(tags, dict) and tags:
+                counts = sorted(((c, t) for t, c in tags.items() if isinstance(c, int)), reverse=True)
+                if counts and (len(counts) == 1 or counts[0][0] > counts[1][0]):
+                    words.append(counts[0][1])
+    out: list[str] = []
+    seen: set[str] = set()
+    for w in words:
+        w = " ".join(w.split())
+        if w and w.casefold() not in seen:
+            seen.add(w.casefold())
+            out.append(w)
+    return out
 
 
 def inspect_lora(path: str | os.PathLike[str]) -> LoraReport:
-    """Read the header of a .safetensors LoRA (no tensors loaded) and describe it."""
-    raise NotImplementedError("inspect_lora is being written (issue 3)")
+    """Read the header of a .safetensors LoRA (no tensors loaded) and describe it.
+
+    Raises `LoraFileError` for a missing, corrupt, truncated, lying or pickle file.
+    """
+    tensors, metadata, size = read_safetensors_header(path)
+    return describe_lora(tensors, metadata, path=str(path), file_size=size)
 
 
-def predict_not_loaded(path_or_report: str | os.PathLike[str] | LoraReport, arch: Any) -> list[str]:
-    """The 'lora key not loaded: ...' and 'NOT LOADED ...' lines ComfyUI would log for this LoRA on `arch`."""
-    raise NotImplementedError("predict_not_loaded is being written (issue 3)")
+def describe_lora(
+    tensors: dict[str, TensorInfo], metadata: dict[str, str] | None = None, *, path: str = "<memory>", file_size: int = 0
+) -> LoraReport:
+    """The report for tensor names/shapes and metadata already in hand (e.g. from a key listing)."""
+    metadata = dict(metadata or {})
+    keys = sorted(tensors)
+    report = LoraReport(
+        path=path, file_size=file_size, tensor_count=len(keys), keys=keys, tensors=tensors, metadata=metadata
+    )
+    report.format = _format(keys)
+    report.adapter = _adapter(keys)
+    ranks = Counter(t.shape[0] for k, t in tensors.items() if _stem_down(k) is not None and t.shape)
+    report.ranks = sorted(ranks)
+    report.rank = ranks.most_common(1)[0][0] if ranks else None
+    alpha_keys = [k for k in keys if k.endswith(".alpha")]
+    report.has_alpha = bool(alpha_keys)
+    if not alpha_keys and metadata.get("ss_network_alpha"):
+        report.warnings.append("metadata names an alpha but the file has no .alpha tensors")
+    if not alpha_keys and report.adapter == "lora" and report.rank:
+        report.warnings.append(
+            "no .alpha keys: ComfyUI applies the LoRA at factor 1.0 (alpha = rank); a PEFT LoRA trained "
+            "with alpha != rank will look too weak or too strong"
+        )
+    report.text_encoders = _text_encoders(tensors)
+    report.has_text_encoder = bool(report.text_encoders) or any(k.startswith(("lora_te", "text_encoder")) for k in keys)
+    _architecture(report)
+    report.trigger_words = _trigger_words(metadata)
+    return report
 
 
 def lora_has_text_encoder(report: LoraReport) -> bool:
     """True when the LoRA carries text-encoder keys (so LoraLoader, not LoraLoaderModelOnly)."""
-    raise NotImplementedError("lora_has_text_encoder is being written (issue 3)")
+    return report.has_text_encoder
+
+
+# ----------------------------------------------------------------------------- coverage
+_ALWAYS = (".alpha", ".dora_scale")
+# (up name, down name, mid name) in the order ComfyUI's LoRA adapter tries them.
+_LORA_PAIRS = (
+    (".lora_up.weight", ".lora_down.weight", ".lora_mid.weight"),
+    ("_lora.up.weight", "_lora.down.weight", None),
+    (".lora_B.weight", ".lora_A.weight", None),
+    (".lora.up.weight", ".lora.down.weight", None),
+    (".lora_B", ".lora_A", None),
+    (".lora_linear_layer.up.weight", ".lora_linear_layer.down.weight", None),
+    (".lora_B.default.weight", ".lora_A.default.weight", None),
+)
+_LOHA = (".hada_w1_a", ".hada_w1_b", ".hada_w2_a", ".hada_w2_b")
+_LOKR = (".lokr_w1", ".lokr_w2", ".lokr_w1_a", ".lokr_w1_b", ".lokr_w2_a", ".lokr_w2_b", ".lokr_t2")
+_GLORA = (".a1.weight", ".a2.weight", ".b1.weight", ".b2.weight")
+_SUFFIXES = tuple(
+    sorted(
+        {*_ALWAYS, ".reshape_weight", *(s for trio in _LORA_PAIRS for s in trio if s), *_LOHA, ".hada_t1", ".hada_t2",
+         *_LOKR, *_GLORA, ".oft_blocks", ".rescale", ".w_norm", ".b_norm", ".diff", ".diff_b", ".set_weight"},
+        key=len,
+        reverse=True,
+    )
+)
+
+
+def _consume(x: str, keys: set[str], loaded: set[str]) -> list[Target | tuple[str, str]]:
+    """Keys of stem `x` ComfyUI's load_lora consumes (added to `loaded`); returns patch kinds made."""
+    patches: list = []
+    for s in _ALWAYS:
+        if x + s in keys:
+            loaded.add(x + s)
+    for up, down, mid in _LORA_PAIRS:
+        if x + up in keys:
+            loaded.update((x + up, x + down))
+            if mid and x + mid in keys:
+                loaded.add(x + mid)
+            if x + ".reshape_weight" in keys:
+                loaded.add(x + ".reshape_weight")
+            patches.append("weight")
+            break
+    if x + ".hada_w1_a" in keys:
+        loaded.update(x + s for s in _LOHA)
+        if x + ".hada_t1" in keys:
+            loaded.update((x + ".hada_t1", x + ".hada_t2"))
+        patches.append("weight")
+    present = [x + s for s in _LOKR if x + s in keys]
+    if present:
+        loaded.update(present)
+        if any(x + s in keys for s in (".lokr_w1", ".lokr_w2", ".lokr_w1_a", ".lokr_w2_a")):
+            patches.append("weight")
+    if x + ".a1.weight" in keys:
+        loaded.update(x + s for s in _GLORA)
+        patches.append("weight")
+    if x + ".oft_blocks" in keys:
+        loaded.add(x + ".oft_blocks")
+        if x + ".rescale" in keys:
+            loaded.add(x + ".rescale")
+        patches.append("weight")
+    if x + ".w_norm" in keys:
+        loaded.add(x + ".w_norm")
+        patches.append("weight")
+        if x + ".b_norm" in keys:
+            loaded.add(x + ".b_norm")
+            patches.append("bias")
+    for s, kind in ((".diff", "weight"), (".diff_b", "bias"), (".set_weight", "weight")):
+        if x + s in keys:
+            loaded.add(x + s)
+            patches.append(kind)
+    return patches
+
+
+_SD3_SPEC = re.compile(r"sd3:(\d+)(?::attn2=(\d+)-(\d+))?(?::te=([a-z0-9_,]+))?")
+
+
+def resolve_arch(arch: str | ArchSpec) -> ArchSpec:
+    """An `ArchSpec` from itself, a name in `ARCHS`, or "sd3:DEPTH[:attn2=A-B][:te=clip_l,...]".
+
+    The last form describes test models, e.g. the recorded tiny one is "sd3:2:te=clip_l".
+    """
+    if isinstance(arch, ArchSpec):
+        return arch
+    if arch in ARCHS:
+        return ARCHS[arch]
+    m = _SD3_SPEC.fullmatch(arch)
+    if m:
+        encoders = tuple(m.group(4).split(",")) if m.group(4) else ("clip_l", "clip_g", "t5xxl")
+        bad = [e for e in encoders if e not in ("clip_l", "clip_g", "t5xxl")]
+        if not bad:
+            attn2 = range(int(m.group(2)), int(m.group(3)) + 1) if m.group(2) else ()
+            return ArchSpec.sd3(int(m.group(1)), attn2_blocks=attn2, text_encoders=encoders)  # type: ignore[arg-type]
+    raise LoraFileError(
+        f"unknown architecture '{arch}'",
+        hint=f"use one of: {', '.join(sorted(ARCHS))}, or sd3:DEPTH[:attn2=A-B][:te=clip_l,clip_g,t5xxl]",
+    )
+
+
+def predict_not_loaded(
+    path_or_report: str | os.PathLike[str] | LoraReport,
+    arch: str | ArchSpec,
+    *,
+    with_clip: bool = True,
+) -> list[str]:
+    """The "lora key not loaded: <key>" and "NOT LOADED <weight>" lines ComfyUI would log, in its order.
+
+    `arch` is a name in `ARCHS` (e.g. "sd35_large") or an `ArchSpec`; `with_clip=False` predicts
+    LoraLoaderModelOnly (no text encoder, so every text-encoder key is not loaded). An empty list
+    means every key lands on a weight of that model.
+    """
+    report = path_or_report if isinstance(path_or_report, LoraReport) else inspect_lora(path_or_report)
+    spec = resolve_arch(arch)
+    key_map = comfy_key_map(spec, with_model=True, with_clip=with_clip)
+    keys = set(report.keys)
+    stems: set[str] = set()
+    for k in keys:
+        for s in _SUFFIXES:
+            if k.endswith(s) and k[: -len(s)] in key_map:
+                stems.add(k[: -len(s)])
+    order = {stem: i for i, stem in enumerate(key_map)} if stems else {}
+    loaded: set[str] = set()
+    patched: dict[str, None] = {}  # insertion-ordered set of printed targets
+    present = set(model_weights(spec)) | (set(clip_weights(spec)) if with_clip else set())
+    missing: list[str] = []
+    for x in sorted(stems, key=order.__getitem__):
+        target = key_map[x]
+        for kind in _consume(x, keys, loaded):
+            weight = target if isinstance(target, str) else target[0]
+            if kind == "bias":
+                if not isinstance(target, str):
+                    continue
+                shown: Target = target[: -len(".weight")] + ".bias"
+            else:
+                shown = target
+            text = target_text(shown)
+            if text in patched:
+                continue
+            patched[text] = None
+            if weight not in present:
+                missing.append(f"NOT LOADED {text}")
+    lines = [f"lora key not loaded: {k}" for k in report.keys if k not in loaded]
+    return lines + missing
+
+
+def fit_problems(report: LoraReport, arch: str | ArchSpec) -> list[str]:
+    """Reasons the LoRA's shapes cannot fit `arch` even where its key names match (family, width)."""
+    spec = resolve_arch(arch)
+    out: list[str] = []
+    family = {"sd3": "sd3", "flux": "flux", "sdxl": "sdxl", "sd15": "sd15"}[spec.family]
+    if report.has_unet and report.family not in ("unknown", "unet") and report.family != family:
+        out.append(f"the LoRA was trained for {report.architecture}, not for {spec.name} ({spec.family})")
+    elif spec.family in ("sd3", "flux") and report.hidden_size and report.hidden_size != spec.hidden:
+        out.append(
+            f"the LoRA's layers are {report.hidden_size} wide but {spec.name} has {spec.hidden} "
+            f"(depth {report.depth} vs {spec.depth}): ComfyUI will refuse every weight with a shape mismatch"
+        )
+    missing = [enc for enc in report.text_encoders if enc not in spec.text_encoders]
+    if missing:
+        out.append(f"the LoRA patches {', '.join(missing)}, which {spec.name} does not load")
+    return out

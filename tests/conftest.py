@@ -27,3 +27,5 @@ def samples_dir() -> Path:
     if not SAMPLES.is_dir():
         pytest.fail(f"DevServer samples not found at {SAMPLES}: clone the project with shared/ beside it")
     return SAMPLES
+
+from comfyui_harness import comfyui_server  # noqa: F401,E402  (re-export: the real-ComfyUI session fixture)

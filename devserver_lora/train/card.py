@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import DatasetError, Problem
 from ..paths import atomic_write_json
@@ -52,7 +52,10 @@ class DatasetCard(BaseModel):
     description: str = Field(min_length=1, max_length=4000)
     source: str = Field(min_length=1, description="where the images come from (museum, own photos, archive, ...)")
     rights_holder: str = Field(min_length=1, description="who holds the rights to the images")
-    licence: str = Field(min_length=1, alias="license", description="e.g. CC-BY-4.0, 'own work', 'with permission'")
+    licence: str = Field(
+        min_length=1,
+        validation_alias=AliasChoices("licence", "license"),
+        description="e.g. CC-BY-4.0, 'own work', 'with permission'")
     consent: Consent = Field(description="consent of people depicted: yes / no / not_applicable (no people)")
     cultural_context: str = Field(min_length=1, description="what the images show and where they come from")
     approved_by: str = Field(min_length=1, description="who approved this use (community, teacher, curator)")
@@ -118,7 +121,7 @@ class DatasetCard(BaseModel):
         return meta
 
     def write(self, path: str | Path) -> Path:
-        return atomic_write_json(path, self.model_dump(mode="json", by_alias=False))
+        return atomic_write_json(path, self.model_dump(mode="json"))
 
 
 def _card_error(where: str, exc: ValidationError) -> DatasetError:

@@ -13,6 +13,12 @@ import sys
 from ..console import run_command
 
 COMMAND_MODULES: tuple[str, ...] = (
+    "devserver_lora.train.commands.dataset_cmds",
+    "devserver_lora.train.commands.plan_cmds",
+    "devserver_lora.train.commands.jobs_cmds",
+    "devserver_lora.train.commands.check_cmds",
+    "devserver_lora.train.commands.run_cmds",
+    "devserver_lora.train.commands.install_cmds",
 )
 
 

@@ -68,22 +68,14 @@ Parsed = StepLine | EpochLine | CheckpointLine | ModelSavedLine | TotalsLine | R
 
 
 def parse_duration(text: str) -> float | None:
-    """tqdm's `MM:SS`, `H:MM:SS` or `Nd, H:MM:SS`; None for `?` or anything else."""
-    text = text.strip()
-    days = 0
-    if "d," in text:
-        d, _, text = text.partition("d,")
-        if not d.strip().isdigit():
-            return None
-        days = int(d)
-        text = text.strip()
-    parts = text.split(":")
+    """tqdm's `MM:SS` or `H:MM:SS` (hours grow past 24, tqdm has no days); None for `?` or anything else."""
+    parts = text.strip().split(":")
     if not 2 <= len(parts) <= 3 or not all(p.isdigit() for p in parts):
         return None
     seconds = 0
     for p in parts:
         seconds = seconds * 60 + int(p)
-    return float(days * 86400 + seconds)
+    return float(seconds)
 
 
 def _loss(text: str | None) -> float | None:

@@ -1,0 +1,100 @@
+"""Checks before a graph is submitted: every LoRA it names is installed, and (where we can read the file) fits.
+
+ComfyUI refuses a missing LoRA with a 400 we can parse, but a LoRA whose keys do not match the model is accepted
+and only LOGGED ("lora key not loaded"); the student gets an image without the LoRA's effect and no error. So we
+predict those lines from the file's keys before submitting (`devserver_lora.loras.predict_not_loaded`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ..errors import ComfyValidationError, DevserverLoraError, LoraFileError
+from ..paths import safe_join
+
+log = logging.getLogger(__name__)
+
+
+def lora_nodes_in(workflow: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """(node id, class_type, lora_name) of every LoRA loader in the graph, in node order."""
+    found = []
+    for node_id, node in workflow.items():
+        if not isinstance(node, Mapping):
+            continue
+        inputs = node.get("inputs") or {}
+        name = inputs.get("lora_name") if isinstance(inputs, Mapping) else None
+        class_type = str(node.get("class_type", ""))
+        if isinstance(name, str) and "lora" in class_type.lower():
+            found.append((str(node_id), class_type, name))
+    return found
+
+
+def lora_names_in(workflow: Mapping[str, Any]) -> list[str]:
+    names: list[str] = []
+    for _, _, name in lora_nodes_in(workflow):
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def missing_lora_error(missing: list[tuple[str, str, str]], installed: list[str]) -> ComfyValidationError:
+    shown = ", ".join(installed) if installed else "(none)"
+    lines = [f"node {nid} ({cls}): LoRA {name!r} is not installed in ComfyUI; installed: {shown}" for nid, cls, name in missing]
+    # Same shape as ComfyUI's own 400 so callers handle both alike.
+    node_errors = {
+        nid: {
+            "errors": [
+                {
+                    "type": "value_not_in_list",
+                    "message": "Value not in list",
+                    "details": f"lora_name: '{name}' not in {installed}",
+                    "extra_info": {"input_name": "lora_name", "received_value": name},
+                }
+            ],
+            "dependent_outputs": [],
+            "class_type": cls,
+        }
+        for nid, cls, name in missing
+    }
+    return ComfyValidationError(
+        "the graph needs LoRAs this ComfyUI does not have:\n  " + "\n  ".join(lines),
+        hint="copy the LoRA into ComfyUI's models/loras folder (devserver-lora install), or fix the output config",
+        error={"type": "lora_not_installed", "message": "LoRA not installed"},
+        node_errors=node_errors,
+    )
+
+
+def check_installed(workflow: Mapping[str, Any], installed: list[str]) -> None:
+    """Raise ComfyValidationError when a LoRA loader names a file that is not in `installed`."""
+    have = set(installed)
+    # ComfyUI lists subfolder files with '/' on every OS; accept a Windows-style name for the same file.
+    missing = [n for n in lora_nodes_in(workflow) if n[2] not in have and n[2].replace("\\", "/") not in have]
+    if missing:
+        raise missing_lora_error(missing, installed)
+
+
+def check_key_coverage(workflow: Mapping[str, Any], loras_dir: str | Path, arch: Any) -> None:
+    """Raise LoraFileError when ComfyUI would log 'lora key not loaded' for a LoRA we can read in `loras_dir`."""
+    try:
+        from ..loras import predict_not_loaded  # lazy: heavy, and written by another module
+    except ImportError as exc:  # pragma: no cover - the module ships with the package
+        raise DevserverLoraError("devserver_lora.loras is missing: cannot check LoRA key coverage") from exc
+    for _, _, name in lora_nodes_in(workflow):
+        path = safe_join(loras_dir, name, what="LoRA name")
+        if not path.is_file():
+            continue  # e.g. ComfyUI on another machine; the server-side list was checked already
+        try:
+            lines = predict_not_loaded(path, arch)
+        except NotImplementedError:
+            log.warning("LoRA key coverage check not available yet; skipped for %s", name)
+            return
+        if lines:
+            shown = "\n    ".join(lines[:8]) + (f"\n    ... and {len(lines) - 8} more" if len(lines) > 8 else "")
+            raise LoraFileError(
+                f"LoRA {name!r} does not fit the model: ComfyUI would skip {len(lines)} of its keys:\n    {shown}",
+                hint="it was trained for a different base model (or its keys use an unknown naming): retrain it for "
+                "this model, or choose a LoRA made for it",
+            )

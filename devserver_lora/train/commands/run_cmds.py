@@ -1,0 +1,218 @@
+"""`run`, `status`, `cancel`, `resume`: train detached from the terminal and re-attach to it at any time."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from ...console import err, out, print_json
+from .. import runner
+from ..backends import BACKEND_NAMES
+from .check_cmds import add_location_flags, settings_from
+
+
+def _store(settings):
+    from ..jobs import JobStore
+
+    return JobStore(settings.jobs_dir)
+
+
+def _job_or_new(settings, ref: str):
+    """A job id, or a plan.json file from which a new job is created (dataset card from the dataset folder)."""
+    path = Path(ref)
+    if path.suffix == ".json" and path.is_file():
+        from ..card import load_card
+        from ..plan import TrainingPlan
+
+        plan = TrainingPlan.model_validate_json(path.read_bytes())
+        card = load_card(Path(plan.dataset_dir) / "card.json")
+        job = _store(settings).create(plan, card=card)
+        out.print(f"created job {job.id}", highlight=False)
+        return job
+    return _store(settings).get(ref)
+
+
+def _describe(event: dict[str, Any]) -> str | None:
+    kind = event.get("type")
+    if kind == "state":
+        return f"[bold]{event.get('state')}[/]: {event.get('message', '')}"
+    if kind == "checkpoint":
+        return f"[green]saved[/] {Path(event['path']).name}"
+    if kind == "error":
+        text = f"[bold red]error[/] ({event.get('diagnosis')}): {event.get('message')}"
+        return text + (f"\n    fix: {event['hint']}" if event.get("hint") else "")
+    if kind == "done":
+        return f"[green]LoRA ready:[/] {event.get('lora_path')}"
+    if kind == "log" and event.get("level") in ("warning", "error"):
+        return f"[yellow]{event.get('message')}[/]"
+    return None
+
+
+def show_follow(job: Any, *, timeout_s: float, poll_s: float = 0.5, replay: bool = True) -> str:
+    """Rich progress bar driven by the job's events until it ends (Ctrl-C detaches; training goes on)."""
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TextColumn("epoch {task.fields[epoch]}"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=out, transient=False) as bar:
+        task = bar.add_task(job.id, total=None, loss="-", epoch="-")
+
+        def on_event(event: dict[str, Any]) -> None:
+            if event.get("type") == "progress":
+                loss = "nan" if event.get("loss_is_nan") else (
+                    f"{event['loss']:.4f}" if event.get("loss") is not None else "-")
+                epoch = f"{event['epoch']}/{event.get('total_epochs') or '?'}" if event.get("epoch") else "-"
+                bar.update(task, completed=event["step"], total=event["total_steps"] or None, loss=loss, epoch=epoch)
+                return
+            text = _describe(event)
+            if text:
+                bar.console.print(text, markup=True, highlight=False)
+
+        start = 0 if replay else len(job.events())
+        try:
+            state = runner.follow(job, on_event, timeout_s=timeout_s, poll_s=poll_s, start_index=start)
+        except KeyboardInterrupt:
+            err.print(f"detached; training goes on. Re-attach with `status {job.id} --follow`")
+            return job.state
+    return state
+
+
+def _cmd_run(args: argparse.Namespace, *, resume: bool = False) -> int:
+    settings = settings_from(args)
+    job = _job_or_new(settings, args.job)
+    pid = runner.start(job, settings, backend=args.backend, resume=resume, num_processes=args.num_processes)
+    if args.json:
+        print_json({"job": job.id, "pid": pid, "state": job.state, "resume": resume})
+        if args.detach:
+            return 0
+    else:
+        out.print(f"{'resumed' if resume else 'started'} job {job.id} (worker pid {pid}); it keeps running if you "
+                  f"close this terminal", highlight=False)
+    if args.detach:
+        out.print(f"follow it with `python -m devserver_lora.train status {job.id} --follow`", highlight=False)
+        return 0
+    state = runner.wait(job, timeout_s=args.timeout) if args.json else show_follow(job, timeout_s=args.timeout)
+    if args.json:
+        print_json({"job": job.id, "state": state, "info": job.info})
+    return 0 if state in ("done", "running") else 1
+
+
+def _last(events: list[dict], kind: str) -> dict | None:
+    return next((e for e in reversed(events) if e.get("type") == kind), None)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    store = _store(settings)
+    if not args.job:
+        jobs = store.list()
+        if args.json:
+            print_json([j.model_dump(mode="json") for j in jobs])
+        else:
+            for j in jobs:
+                out.print(f"{j.id:50} {j.state:10} {j.family or '':12} {j.message or ''}", highlight=False)
+            if not jobs:
+                out.print("no jobs yet")
+        return 0
+    job = store.get(args.job)
+    runner.reconcile(job)
+    if args.follow and not args.json:
+        state = show_follow(job, timeout_s=args.timeout)
+        return 0 if state in ("done", "running") else 1
+    if args.follow:
+        runner.wait(job, timeout_s=args.timeout)
+    events = job.events()
+    info = job.info
+    summary = {
+        "job": job.id,
+        "state": info.get("state"),
+        "message": info.get("message"),
+        "diagnosis": info.get("diagnosis"),
+        "hint": info.get("hint"),
+        "backend": info.get("backend"),
+        "lora_path": info.get("lora_path"),
+        "progress": _last(events, "progress"),
+        "checkpoints": [e["path"] for e in events if e.get("type") == "checkpoint"],
+        "error": _last(events, "error"),
+    }
+    if args.json:
+        print_json(summary)
+        return 0
+    out.print(f"job {job.id}: [bold]{summary['state']}[/] {summary['message'] or ''}", markup=True, highlight=False)
+    prog = summary["progress"]
+    if prog:
+        loss = "nan" if prog.get("loss_is_nan") else prog.get("loss")
+        out.print(f"  step {prog['step']}/{prog['total_steps']}  epoch {prog.get('epoch')}/{prog.get('total_epochs')}"
+                  f"  loss {loss}  eta {prog.get('eta_s')} s", highlight=False)
+    for path in summary["checkpoints"]:
+        out.print(f"  checkpoint {path}", highlight=False)
+    if summary["error"]:
+        text = _describe(summary["error"])
+        out.print("  " + (text or ""), markup=True, highlight=False)
+    return 0
+
+
+def _cmd_cancel(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
+    job = _store(settings).get(args.job)
+    state = runner.cancel(job, grace_s=args.grace)
+    kept = [p.name for p in sorted(Path(job.outputs_dir).glob("*.safetensors"))]
+    if args.json:
+        print_json({"job": job.id, "state": state, "checkpoints": kept})
+    else:
+        out.print(f"job {job.id}: {state}; checkpoints kept: {', '.join(kept) or 'none'}", highlight=False)
+        out.print(f"continue later with `python -m devserver_lora.train resume {job.id}`", highlight=False)
+    return 0
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    return _cmd_run(args, resume=True)
+
+
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", default="auto", choices=BACKEND_NAMES,
+                   help="kohya (sd-scripts in its venv), native, or auto (kohya if configured; default)")
+    p.add_argument("--num-processes", type=int, default=1, help="GPUs to use via `accelerate launch` (Kohya)")
+    p.add_argument("--detach", action="store_true", help="start and return at once (default: show progress)")
+    p.add_argument("--timeout", type=float, default=7 * 24 * 3600.0, help="stop following after this many seconds")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_location_flags(p)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="start training a job (detached; survives closing the terminal)",
+                       description="Start the job's training in the background and show its progress. "
+                       "JOB is a job id, or a plan.json file from which a job is created.")
+    p.add_argument("job", metavar="JOB")
+    _add_run_flags(p)
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("resume", help="continue a cancelled or failed job from its last saved state",
+                       description="Continue training from the last saved state; step numbers keep counting.")
+    p.add_argument("job", metavar="JOB")
+    _add_run_flags(p)
+    p.set_defaults(func=_cmd_resume)
+
+    p = sub.add_parser("status", help="show a job's state and progress (or list jobs); --follow re-attaches",
+                       description="Without JOB: list jobs. With JOB: its state, progress, checkpoints, errors.")
+    p.add_argument("job", metavar="JOB", nargs="?")
+    p.add_argument("--follow", action="store_true", help="show live progress until the job ends")
+    p.add_argument("--timeout", type=float, default=7 * 24 * 3600.0, help="stop following after this many seconds")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_location_flags(p)
+    p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser("cancel", help="stop a running job; finished checkpoints are kept",
+                       description="Ask the trainer to stop, then kill it after the grace period.")
+    p.add_argument("job", metavar="JOB")
+    p.add_argument("--grace", type=float, default=30.0, help="seconds to wait before killing (default 30)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_location_flags(p)
+    p.set_defaults(func=_cmd_cancel)

@@ -1,0 +1,243 @@
+"""Install a trained LoRA (from either backend) into ComfyUI/SwarmUI and give DevServer an output config for it.
+
+1. pick a checkpoint of the job (the final one, or `epoch=N`);
+2. check its keys against the target model (`devserver_lora.loras.predict_not_loaded`): a key ComfyUI would
+   not load is refused before anything is copied;
+3. copy it into the loras folder with provenance in its header (dataset card, plan, trigger words, following
+   the `modelspec.*` / `ss_*` conventions plus `devserver_lora.*`): tensor bytes identical, atomic, never
+   replacing a file (a `-2` suffix instead);
+4. write `configs/output/<base>_<name>.json` (top-level `lora` + `parameters.loras`), validated against the
+   schemas folder's chunks before it is written, never replacing an existing config.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from ..errors import ConfigError, JobError, LoraFileError, Problem
+from ..lora_spec import LoraSpec
+from ..paths import check_simple_name
+from .families import get_family
+from .safetensors_meta import read_header, write_with_metadata
+
+PREFIX = "devserver_lora."
+
+
+class InstallResult(BaseModel):
+    job_id: str
+    source: str
+    lora_path: str
+    lora_name: str
+    config_name: str | None = None
+    config_path: str | None = None
+    trigger_words: list[str] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)
+
+
+def list_checkpoints(job: Any) -> list[Path]:
+    return sorted(Path(job.outputs_dir).glob("*.safetensors"))
+
+
+def pick_checkpoint(job: Any, epoch: int | None = None) -> Path:
+    """The final LoRA of a finished job, or the checkpoint saved after `epoch`."""
+    name = job.plan.output_name
+    outputs = Path(job.outputs_dir)
+    available = ", ".join(p.name for p in list_checkpoints(job)) or "none"
+    if epoch is None:
+        info = job.info
+        final = Path(info["lora_path"]) if info.get("lora_path") else outputs / f"{name}.safetensors"
+        if info.get("state") != "done" or not final.is_file():
+            raise JobError(
+                f"job {job.id} has no final LoRA (state: {info.get('state')})",
+                hint=f"wait for it to finish, `resume {job.id}`, or install a saved epoch with --epoch N "
+                f"(checkpoints: {available})",
+            )
+        return final
+    candidate = outputs / f"{name}-{epoch:06d}.safetensors"
+    if candidate.is_file():
+        return candidate
+    # The last epoch is saved only as the final file (sd-scripts skips its numbered copy).
+    final = outputs / f"{name}.safetensors"
+    if final.is_file():
+        try:
+            if read_header(final).metadata.get("ss_epoch") == str(epoch):
+                return final
+        except LoraFileError:
+            pass
+    raise JobError(f"job {job.id} has no checkpoint for epoch {epoch}", hint=f"checkpoints: {available}")
+
+
+def provenance_metadata(existing: dict[str, str], job: Any, source: Path) -> dict[str, str]:
+    """The header metadata of the installed copy: the trainer's own entries plus who, what and how."""
+    plan = job.plan
+    meta = dict(existing)
+    card = None
+    try:
+        card = job.card
+    except JobError:
+        pass
+    trigger_words = [plan.trigger] if plan.trigger else []
+    meta["modelspec.title"] = plan.output_name
+    if trigger_words:
+        meta["modelspec.trigger_phrase"] = ", ".join(trigger_words)
+    if card is not None:
+        meta["modelspec.description"] = card.description
+        meta["modelspec.author"] = card.rights_holder
+        meta["modelspec.license"] = card.licence
+        meta.update(card.to_metadata())
+        meta[f"{PREFIX}card"] = json.dumps(card.model_dump(mode="json"), ensure_ascii=False, sort_keys=True)
+    meta[f"{PREFIX}trigger_words"] = json.dumps(trigger_words, ensure_ascii=False)
+    meta[f"{PREFIX}plan"] = plan.model_dump_json()
+    meta[f"{PREFIX}family"] = plan.family
+    meta[f"{PREFIX}job_id"] = job.id
+    meta[f"{PREFIX}source_file"] = source.name
+    meta.setdefault("ss_output_name", plan.output_name)
+    return meta
+
+
+def key_problems(path: Path, family: str) -> list[str]:
+    """The 'not loaded' lines ComfyUI would log for this LoRA on the family's model ([] = all keys load).
+
+    Raises NotImplementedError when the key checker is not available (callers report that as a warning).
+    """
+    from .. import loras
+
+    fam = get_family(family)
+    arch = loras.ARCHS.get(fam.arch, fam.arch)
+    return list(loras.predict_not_loaded(path, arch))
+
+
+_NON_ALNUM = re.compile(r"[^a-z0-9_]+")
+
+
+def default_config_name(job: Any) -> str:
+    plan = job.plan
+    base = get_family(plan.family).base_output_config
+    return f"{base}_{_NON_ALNUM.sub('_', plan.output_name.lower()).strip('_')}"
+
+
+def _check_config_name(name: str) -> str:
+    from ..config import NON_IMAGE_NAME_MARKERS, check_image_config_name
+
+    check_simple_name(name, what="output config name")
+    marker = check_image_config_name(name)
+    if marker:
+        cleaned = name
+        for m in NON_IMAGE_NAME_MARKERS:
+            cleaned = re.sub(m, "", cleaned, flags=re.IGNORECASE)
+        cleaned = re.sub(r"_+", "_", cleaned).strip("_")
+        raise ConfigError(
+            f"output config name {name!r} contains {marker!r}: DevServer guesses the media type from the config "
+            "name and would not treat it as an image",
+            hint=f"pass --config-name with a name without {', '.join(NON_IMAGE_NAME_MARKERS)}, e.g. {cleaned!r}",
+        )
+    return name
+
+
+def _chunks_dir(schemas_dir: Path) -> Path:
+    from ..config import SHIPPED_SCHEMAS_DIR
+
+    own = schemas_dir / "chunks"
+    return own if own.is_dir() and any(own.glob("*.json")) else SHIPPED_SCHEMAS_DIR / "chunks"
+
+
+def write_config(
+    job: Any, lora_file: str, *, schemas_dir: Path, config_name: str, strength: float, trigger_words: list[str]
+) -> Path:
+    """Validate the new output config in a staging copy, then write it (refusing to replace one)."""
+    from ..config import make_lora_output_config, write_output_config
+    from ..validate import validate_paths
+
+    plan = job.plan
+    target = schemas_dir / "configs" / "output" / f"{config_name}.json"
+    if target.exists():
+        raise ConfigError(f"output config {target} already exists",
+                          hint="choose another name with --config-name; an existing config is never replaced")
+    title = plan.output_name.replace("_", " ")
+    try:
+        card = job.card
+        description = f"{get_family(plan.family).label} with the LoRA '{title}': {card.description}"
+    except JobError:
+        description = f"{get_family(plan.family).label} with the LoRA '{title}'"
+    spec = LoraSpec(name=lora_file, strength_model=strength, strength_clip=strength,
+                    trigger_words=tuple(trigger_words) or None)
+    cfg = make_lora_output_config(
+        config_name, [spec], title_en=f"SD 3.5 Large + {title}", title_de=f"SD 3.5 Large + {title}",
+        description_en=description, description_de=description,
+    )
+    staging = Path(job.work_dir) / "install" / "schemas"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staged = write_output_config(cfg, staging / "configs" / "output" / f"{config_name}.json")
+    problems = [p for p in validate_paths([staged, _chunks_dir(schemas_dir)]) if p.severity == "error"]
+    if problems:
+        raise ConfigError(f"the generated output config {config_name} does not validate", problems)
+    written = write_output_config(cfg, target)
+    written.chmod(0o644)  # DevServer may run as another user; atomic writes start as 0600
+    return written
+
+
+def install_job(
+    job: Any,
+    *,
+    loras_dir: Path | None,
+    schemas_dir: Path | None,
+    epoch: int | None = None,
+    config_name: str | None = None,
+    strength: float = 1.0,
+    check_keys: bool = True,
+) -> InstallResult:
+    """Install a checkpoint of `job` and (where a schemas folder is given) write its output config."""
+    if loras_dir is None:
+        raise JobError("no loras folder given", hint="pass --loras-dir (ComfyUI's models/loras) or set COMFYUI_LORAS_DIR")
+    plan = job.plan
+    source = pick_checkpoint(job, epoch)
+    header = read_header(source)
+    if not header.complete:
+        raise LoraFileError(f"{source} is incomplete", hint="the trainer may still be writing it")
+    warnings: list[str] = []
+    if check_keys:
+        try:
+            not_loaded = key_problems(source, plan.family)
+        except NotImplementedError:
+            warnings.append("the LoRA key check is not available in this build; keys were not checked")
+        else:
+            if not_loaded:
+                shown = "; ".join(not_loaded[:5])
+                raise LoraFileError(
+                    f"{len(not_loaded)} keys of {source.name} would not load on {plan.family}: {shown}",
+                    hint="the LoRA was trained for another model; plan and train again for this family",
+                )
+    name_for_config = None
+    if schemas_dir is not None:
+        name_for_config = _check_config_name(config_name or default_config_name(job))
+        if (schemas_dir / "configs" / "output" / f"{name_for_config}.json").exists():
+            raise ConfigError(f"output config {name_for_config} already exists in {schemas_dir}",
+                              hint="choose another name with --config-name; an existing config is never replaced")
+    trigger_words = [plan.trigger] if plan.trigger else []
+    stem = plan.output_name if epoch is None else f"{plan.output_name}-{epoch:06d}"
+    written = write_with_metadata(source, Path(loras_dir) / f"{stem}.safetensors",
+                                  provenance_metadata(header.metadata, job, source))
+    result = InstallResult(job_id=job.id, source=str(source), lora_path=str(written), lora_name=written.name,
+                           trigger_words=trigger_words, warnings=warnings)
+    if schemas_dir is None:
+        warnings.append("no DevServer schemas folder given: no output config written (pass --schemas)")
+    elif get_family(plan.family).base_output_config != "sd35_large":
+        warnings.append(f"output configs are written for SD3.5 Large only; write one for {plan.family} by hand")
+    else:
+        assert name_for_config is not None
+        path = write_config(job, written.name, schemas_dir=schemas_dir, config_name=name_for_config,
+                            strength=strength, trigger_words=trigger_words)
+        result.config_name, result.config_path = name_for_config, str(path)
+    job.write_json("install.json", result.model_dump(mode="json"))
+    return result
+
+
+def install_problems(result: InstallResult) -> list[Problem]:
+    return [Problem(w, severity="warning", code="install") for w in result.warnings]

@@ -1,0 +1,395 @@
+"""KohyaBackend: run sd-scripts in its own venv as a child process, turn its output into job events.
+
+Each run (and each resume) is an *attempt* writing into `work/kohya/run-N/`; finished
+checkpoints are hard-linked into the job's `outputs/` under Kohya's names, never
+replacing a file. Why not let sd-scripts write into `outputs/` directly: after
+`--resume` its step counter restarts at 0, so a step-named checkpoint of the second
+attempt would silently overwrite the first attempt's file of the same name. We add
+the attempt's step offset instead (see shared/fixtures/kohya/run_log_resume.txt).
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from ...errors import BackendError, DatasetError, LoraFileError, PlanError, Problem
+from ...paths import atomic_write_json, copy_no_overwrite, free_name
+from ..events import CheckpointEvent, DoneEvent, ErrorEvent, LogEvent, ProgressEvent
+from ..safetensors_meta import read_header
+from . import args as kargs
+from . import models as kmodels
+from . import progress as kprog
+from . import venv as kvenv
+from .diagnose import Diagnosis, Watcher, diagnose
+
+_STEP_NAME = re.compile(r"^(?P<stem>.+)-step(?P<step>\d{8})\.safetensors$")
+_EPOCH_NAME = re.compile(r"^(?P<stem>.+)-(?P<epoch>\d{6})\.safetensors$")
+
+
+def _kill_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _complete(path: Path) -> bool:
+    try:
+        return read_header(path).complete
+    except LoraFileError:
+        return False
+
+
+class _Attempt:
+    """Bookkeeping of one sd-scripts process: its folder, the step offset, what was already published."""
+
+    def __init__(self, root: Path, index: int, offset: int) -> None:
+        self.dir = root / f"run-{index}"
+        self.index = index
+        self.offset = offset
+        self.published: dict[str, Path] = {}
+
+
+class KohyaBackend:
+    """The `Backend` for Kohya sd-scripts (see `devserver_lora.train.backends`)."""
+
+    name = "kohya"
+
+    def __init__(
+        self,
+        settings: Any,
+        *,
+        kohya_dir: Path | str | None = None,
+        num_processes: int = 1,
+        progress_interval_s: float = 0.5,
+        nan_limit: int = 3,
+        grace_s: float = 15.0,
+    ) -> None:
+        self.settings = settings
+        self.kohya_dir = Path(kohya_dir) if kohya_dir else getattr(settings, "kohya_dir", None)
+        self.num_processes = max(1, int(num_processes))
+        self.progress_interval_s = progress_interval_s
+        self.nan_limit = nan_limit
+        self.grace_s = grace_s
+
+    # ---------------------------------------------------------------- checks
+    def preflight(self, job: Any) -> list[Problem]:
+        plan = job.plan
+        gpu = getattr(plan, "gpu", None)
+        problems = kvenv.check_environment(
+            self.kohya_dir,
+            family=plan.family,
+            models_dir=getattr(self.settings, "models_dir", None),
+            needs_bitsandbytes=_needs_bnb(plan),
+            gpu_capability=getattr(gpu, "compute_capability", None),
+            gpu_name=getattr(gpu, "name", None),
+        )
+        if not kvenv.blockers(problems):
+            try:
+                self._command(job, _Attempt(Path(job.work_dir) / "kohya", 0, 0), None, write=False)
+            except (PlanError, DatasetError, BackendError) as exc:
+                problems.append(Problem(exc.message, code="kohya_args", hint=exc.hint))
+        return problems
+
+    # ---------------------------------------------------------------- run
+    def run(self, job: Any, *, resume: bool = False, stop: threading.Event | None = None) -> Path:
+        stop = stop or threading.Event()
+        plan = job.plan
+        root = Path(job.work_dir) / "kohya"
+        root.mkdir(parents=True, exist_ok=True)
+        ledger = _read_ledger(root)
+        resume_state, offset = (None, 0)
+        if resume:
+            resume_state, offset = _last_state(root, ledger, plan.output_name)
+            if resume_state is None:
+                raise BackendError(
+                    f"job {job.id} has no saved training state to resume from",
+                    hint="it stopped before the first checkpoint; start it again with `run`",
+                    diagnosis="no_state",
+                )
+        attempt = _Attempt(root, len(ledger["attempts"]) + 1, offset)
+        attempt.dir.mkdir(parents=True, exist_ok=True)
+        ledger["attempts"].append({"dir": attempt.dir.name, "offset": offset,
+                                   "resume_from": str(resume_state) if resume_state else None})
+        atomic_write_json(root / "attempts.json", ledger)
+        install, cmd = self._command(job, attempt, resume_state, write=True)
+        atomic_write_json(Path(job.work_dir) / "command.json", {"argv": cmd.argv, "cwd": str(cmd.cwd)})
+        what = f"resuming from {resume_state.name} at step {offset}" if resume_state else "starting"
+        job.append_event(LogEvent(message=f"{what}: {' '.join(cmd.argv[:2])} (attempt {attempt.index})"))
+        return self._supervise(job, plan, install, cmd, attempt, stop)
+
+    def _command(self, job: Any, attempt: _Attempt, resume_state: Path | None, *, write: bool):
+        plan = job.plan
+        install = kvenv.find_kohya(self.kohya_dir)
+        models = kmodels.find_model_files(plan.family, getattr(self.settings, "models_dir", None))
+        if models.missing:
+            role, names = next(iter(models.missing.items()))
+            raise BackendError(
+                f"the {role} file for {plan.family} is missing",
+                hint=f"put {' or '.join(names)} into the models folder (DEVSERVER_LORA_MODELS); `check` lists all",
+                diagnosis="model_missing",
+            )
+        cmd = kargs.build_command(
+            plan,
+            python=install.python,
+            scripts_dir=install.scripts_dir,
+            models=models,
+            work_dir=Path(job.work_dir),
+            output_dir=attempt.dir,
+            logging_dir=Path(job.logs_dir) / "tensorboard",
+            tokenizer_cache_dir=install.tokenizer_cache_dir,
+            resume_state=resume_state,
+            num_processes=self.num_processes,
+            write=write,
+        )
+        return install, cmd
+
+    def _env(self, install: kvenv.KohyaInstall, family: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env["PYTHONUNBUFFERED"] = "1"
+        env.pop("PYTHONPATH", None)  # our packages must not shadow the venv's
+        if install.tokenizer_cache_dir is not None and not kvenv.tokenizer_problems(install, family):
+            env["HF_HUB_OFFLINE"] = "1"
+            env["TRANSFORMERS_OFFLINE"] = "1"
+        return env
+
+    def _supervise(self, job, plan, install, cmd, attempt: _Attempt, stop: threading.Event) -> Path:
+        logs = Path(job.logs_dir)
+        logs.mkdir(parents=True, exist_ok=True)
+        outputs = Path(job.outputs_dir)
+        outputs.mkdir(parents=True, exist_ok=True)
+        try:
+            proc = subprocess.Popen(  # noqa: S603 - argument list from build_command, never a shell
+                cmd.argv,
+                cwd=cmd.cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env=self._env(install, plan.family),
+                start_new_session=True,  # its own group, so a cancel reaches its data-loader workers too
+            )
+        except OSError as exc:
+            raise BackendError(f"cannot start {cmd.argv[0]}: {exc.strerror or exc}", hint=kvenv.SETUP_HINT,
+                               diagnosis="kohya_venv_broken") from exc
+        _record_child(job, proc.pid)
+        state = _RunState(job, plan, attempt, outputs, self.progress_interval_s)
+        stopper = threading.Thread(target=self._stop_when, args=(stop, proc, state), daemon=True)
+        stopper.start()
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        splitter = kprog.LineSplitter()
+        assert proc.stdout is not None
+        fd = proc.stdout.fileno()
+        with open(logs / "kohya.log", "ab") as raw_log:
+            while True:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    break
+                raw_log.write(chunk)
+                for line in splitter.feed(decoder.decode(chunk)):
+                    state.line(line)
+                if state.watcher.nan_losses >= self.nan_limit and not state.stopping:
+                    state.stop_reason = "nan"
+                    stop.set()
+            for line in splitter.flush():
+                state.line(line)
+            raw_log.flush()
+        returncode = proc.wait()
+        state.done = True
+        stop_requested = stop.is_set() and state.stop_reason != "nan"
+        stop.set()  # release the stopper thread
+        stopper.join(timeout=5)
+        state.flush_progress()
+        state.publish_ready(final=True)
+        final_src = attempt.dir / f"{plan.output_name}.safetensors"
+        final = state.published.get(final_src.name)
+        diag = diagnose(
+            returncode=returncode,
+            watcher=state.watcher,
+            output_exists=final is not None,
+            plan=plan,
+            cancelled=stop_requested,
+        )
+        if diag is not None:
+            self._fail(job, diag)
+        assert final is not None
+        job.append_event(DoneEvent(lora_path=str(final), steps=state.last_step))
+        return final
+
+    def _fail(self, job: Any, diag: Diagnosis) -> None:
+        job.append_event(ErrorEvent(diagnosis=diag.code, message=diag.message, hint=diag.hint))
+        raise BackendError(diag.message, hint=diag.hint, diagnosis=diag.code)
+
+    def _stop_when(self, stop: threading.Event, proc: subprocess.Popen, state: _RunState) -> None:
+        stop.wait()
+        if state.done or proc.poll() is not None:
+            return
+        state.stopping = True
+        # SIGINT first: Python raises KeyboardInterrupt, so sd-scripts unwinds; then TERM, then KILL.
+        for sig, wait_s in ((signal.SIGINT, self.grace_s), (signal.SIGTERM, self.grace_s / 2), (signal.SIGKILL, 5)):
+            _kill_group(proc.pid, sig)
+            try:
+                proc.wait(timeout=wait_s)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+
+class _RunState:
+    """Live state of one attempt: parses lines, throttles progress events, publishes finished checkpoints."""
+
+    def __init__(self, job: Any, plan: Any, attempt: _Attempt, outputs: Path, interval: float) -> None:
+        self.job, self.plan, self.attempt, self.outputs = job, plan, attempt, outputs
+        self.interval = interval
+        self.watcher = Watcher()
+        self.epoch: int | None = None
+        self.total_epochs: int | None = None
+        self.last_step = attempt.offset
+        self.pending: list[Path] = []
+        self.published = attempt.published
+        self._last_emit = 0.0
+        self._unsent: kprog.StepLine | None = None
+        self._sent_step = -1
+        self.stopping = False
+        self.stop_reason: str | None = None
+        self.done = False
+        self._logged: set[str] = set()
+
+    def line(self, line: str) -> None:
+        self.watcher.feed(line)
+        for code, text in self.watcher.signs.items():
+            if code not in self._logged:
+                self._logged.add(code)
+                self.job.append_event(LogEvent(level="error" if code != "traceback" else "warning", message=text[:500]))
+        item = kprog.parse_line(line)
+        if item is None:
+            return
+        if self.pending:
+            self.publish_ready()
+        if isinstance(item, kprog.StepLine):
+            self.watcher.loss(item.loss)
+            self.last_step = self.attempt.offset + item.step
+            self._unsent = item
+            now = time.monotonic()
+            if now - self._last_emit >= self.interval or item.step >= item.total or kprog.is_nan(item.loss):
+                self.flush_progress()
+        elif isinstance(item, kprog.EpochLine):
+            self.epoch, self.total_epochs = item.epoch, item.total
+        elif isinstance(item, kprog.TotalsLine):
+            self.total_epochs = item.total_epochs or self.total_epochs
+        elif isinstance(item, kprog.CheckpointLine):
+            # sd-scripts prints this BEFORE writing; the file is published once complete.
+            self.pending.append(self.attempt.dir / Path(item.path).name)
+        elif isinstance(item, kprog.ModelSavedLine):
+            self.publish_ready()
+
+    def flush_progress(self) -> None:
+        item = self._unsent
+        if item is None:
+            return
+        step = self.attempt.offset + item.step
+        if step == self._sent_step and not kprog.is_nan(item.loss):
+            self._unsent = None
+            return
+        self._unsent = None
+        self._sent_step = step
+        self._last_emit = time.monotonic()
+        self.job.append_event(
+            ProgressEvent(
+                step=step,
+                total_steps=max(item.total, step),
+                epoch=self.epoch,
+                total_epochs=self.total_epochs,
+                loss=item.loss,
+                eta_s=item.eta_s,
+                it_per_s=item.it_per_s,
+            )
+        )
+
+    def publish_ready(self, *, final: bool = False) -> None:
+        """Link complete checkpoints into outputs/ under their corrected Kohya names."""
+        candidates = list(self.pending)
+        if final:  # also anything sd-scripts wrote without us seeing the line
+            candidates += sorted(self.attempt.dir.glob("*.safetensors"))
+        still = []
+        for src in candidates:
+            if src.name in self.published:
+                continue
+            if not src.is_file() or not _complete(src):
+                if not final:
+                    still.append(src)
+                continue
+            name, step, epoch = _published_name(src.name, self.attempt.offset)
+            dest = free_name(self.outputs / name)
+            try:
+                os.link(src, dest)
+            except OSError:
+                dest = copy_no_overwrite(src, dest)
+            self.published[src.name] = dest
+            self.job.append_event(CheckpointEvent(path=str(dest), step=step if step is not None else self.last_step,
+                                                  epoch=epoch if epoch is not None else self.epoch))
+        self.pending = still
+
+
+def _published_name(name: str, offset: int) -> tuple[str, int | None, int | None]:
+    m = _STEP_NAME.match(name)
+    if m:
+        step = int(m["step"]) + offset
+        return f"{m['stem']}-step{step:08d}.safetensors", step, None
+    m = _EPOCH_NAME.match(name)
+    if m:
+        return name, None, int(m["epoch"])
+    return name, None, None
+
+
+def _needs_bnb(plan: Any) -> bool:
+    return bool(getattr(plan.memory, "use_8bit_optimizer", False)) or "8bit" in str(plan.hyper.optimizer).lower()
+
+
+def _record_child(job: Any, pid: int) -> None:
+    try:
+        job.set_state("running", child_pid=pid, child_pgid=pid)
+    except Exception as exc:  # noqa: BLE001 - bookkeeping must not kill a started training
+        job.append_event(LogEvent(level="warning", message=f"could not record the trainer pid: {exc}"))
+
+
+def _read_ledger(root: Path) -> dict:
+    path = root / "attempts.json"
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(data.get("attempts"), list):
+                return data
+        except (OSError, json.JSONDecodeError, AttributeError):
+            pass
+    return {"attempts": []}
+
+
+def _last_state(root: Path, ledger: dict, output_name: str) -> tuple[Path | None, int]:
+    """The most advanced saved state over all attempts, and its absolute step (the next attempt's offset)."""
+    best: tuple[int, int, Path] | None = None
+    for entry in ledger["attempts"]:
+        adir = root / entry["dir"]
+        offset = int(entry.get("offset", 0))
+        for state_dir in adir.glob(f"{output_name}*-state"):
+            ts = state_dir / "train_state.json"
+            try:
+                data = json.loads(ts.read_text(encoding="utf-8"))
+                step = offset + int(data.get("current_step", 0))
+                epoch = int(data.get("current_epoch", 0))
+            except (OSError, ValueError, json.JSONDecodeError, AttributeError):
+                continue
+            key = (step, epoch, state_dir)
+            if best is None or key[:2] > best[:2]:
+                best = key
+    if best is None:
+        return None, 0
+    return best[2], best[0]

@@ -1,0 +1,229 @@
+"""Peak-memory and wall-time estimator, and the search for the cheapest memory plan that fits a GPU.
+
+All sizes are GiB (2**30 bytes), parameter counts are in billions (families.py).
+
+Training peak (GPU):
+    weights   = P_model * b * (1 - s / D) + [s > 0] * P_model * b / D   (b = 1 for fp8 base else 2;
+                s swapped blocks of D; one extra block is resident as the swap buffer)
+              + text encoders the step still runs: trained CLIPs in bf16 and, when a T5 family trains its
+                text encoders, T5 at b (otherwise encoder outputs are cached and the encoders freed)
+    lora      = N_lora * (4 weight + 4 grad + k_opt)    k_opt: AdamW 8, AdamW8bit 2, Adafactor 2, Prodigy 16 bytes
+                N_lora = 46 * r * hidden * depth  (+ 18 * r * width * layers for each trained CLIP)
+    acts      = batch * T * hidden * (40 * depth)                      without gradient checkpointing
+              = batch * T * hidden * (2 * depth + 40)                  with it (block inputs + one block recomputed)
+                T = (resolution / 16)**2 image tokens + text tokens (333 for SD3 joint attention, 512 FLUX)
+                (40 bytes/token/width/block is bf16 attention+MLP activations with SDPA; UNets use the same
+                effective form, which over-estimates them a little)
+    overhead  = 1.5 + 0.08 * weights          CUDA context, cuBLAS workspace, allocator fragmentation
+Caching peak (before training): text-encoder weights (b) + VAE + VAE encoder activations
+(2.5 * (resolution/1024)**2) + 1.5. The estimated peak is the larger of the two.
+
+Fit: peak <= vram - margin, margin = max(1.5, 0.15 * vram). The planner tries every combination of
+gradient checkpointing, halving the batch (gradient accumulation keeps the effective batch), the 8-bit
+optimizer, an fp8 base model and swapping blocks to host RAM, and takes the cheapest that fits
+(cost: checkpointing 3, each batch halving 1, 8-bit optimizer 2, fp8 base 4, block swap 6 + 0.5 per block).
+For SD3.5 Large, Atelier preset (1024 px, rank 32, batch 2) this gives, by design and tested:
+    80 GB: nothing needed (bf16 base, no checkpointing, batch 2)
+    32 GB: gradient checkpointing; bf16 base, batch 2
+    24 GB: gradient checkpointing + 8-bit optimizer, batch 1 (accumulation 2); bf16 base kept
+    16 GB: gradient checkpointing + fp8 base, batch 1 (accumulation 2)
+    12 GB: the 16 GB plan plus blocks swapped to host RAM
+    8 GB: refused (PlanError naming sd35_medium and the smallest card that fits)
+Host RAM: 4 + model and text encoders in bf16 (loaded on the host first) + swapped blocks' pinned copies.
+Wall time: steps * s_ref * (T_img / 4096) * batch * accumulation / speed * penalties
+(checkpointing 1.3, fp8 1.1, swap 1 + 0.04 per block, text-encoder training 1.15) + 120 s loading +
+0.5 s per image for caching. s_ref is the family's s/step at 1024 px on an RTX 4090 (speed 1.0).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .families import TEXT_ENCODER_PARAMS_B, Family
+
+GIB = 2**30
+OPTIMIZER_STATE_BYTES: dict[str, float] = {"AdamW": 8, "AdamW8bit": 2, "Adafactor": 2, "Prodigy": 16}
+CLIP_SHAPES: dict[str, tuple[int, int]] = {"clip_l": (768, 12), "clip_g": (1280, 32)}  # width, layers
+TEXT_TOKENS: dict[str, int] = {"sd35_large": 333, "sd35_medium": 333, "flux_dev": 512}
+CPU_RELATIVE_SPEED = 0.01
+
+
+class MemoryPlan(BaseModel):
+    """What the trainer must do so that the run fits, and what we expect it to use."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fp8_base: bool = False
+    blocks_to_swap: int = Field(default=0, ge=0)
+    gradient_checkpointing: bool = False
+    cache_text_encoder_outputs: bool = True
+    cache_text_encoder_outputs_to_disk: bool = True
+    cache_latents: bool = True
+    cache_latents_to_disk: bool = True
+    use_8bit_optimizer: bool = False
+    estimated_peak_vram_gb: float = 0.0
+    estimated_host_ram_gb: float = 0.0
+    estimated_wall_time_s: float = 0.0
+    vram_gb: float | None = None
+    margin_gb: float = 0.0
+    breakdown_gb: dict[str, float] = Field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Workload:
+    family: Family
+    resolution: int
+    batch_size: int
+    network_dim: int
+    optimizer: str
+    train_text_encoder: bool
+    num_images: int
+    steps: int
+    accumulation: int = 1
+
+
+@dataclass(frozen=True)
+class Choice:
+    gradient_checkpointing: bool = False
+    batch_size: int = 1
+    use_8bit_optimizer: bool = False
+    fp8_base: bool = False
+    blocks_to_swap: int = 0
+
+    def cost(self, preset_batch: int) -> float:
+        halvings = math.log2(max(1, preset_batch) / self.batch_size) if self.batch_size else 0
+        return (
+            3 * self.gradient_checkpointing
+            + halvings
+            + 2 * self.use_8bit_optimizer
+            + 4 * self.fp8_base
+            + (6 + 0.5 * self.blocks_to_swap if self.blocks_to_swap else 0)
+        )
+
+
+@dataclass
+class Estimate:
+    peak_gb: float
+    train_gb: float
+    cache_gb: float
+    host_ram_gb: float
+    wall_time_s: float
+    breakdown: dict[str, float] = field(default_factory=dict)
+
+
+def margin_for(vram_gb: float) -> float:
+    return round(max(1.5, 0.15 * vram_gb), 2)
+
+
+def image_tokens(family: Family, resolution: int) -> int:
+    return (resolution // 16) ** 2
+
+
+def lora_params(family: Family, rank: int, train_text_encoder: bool) -> float:
+    n = 46.0 * rank * family.hidden_size * family.depth
+    if train_text_encoder:
+        for te in family.trainable_text_encoders:
+            width, layers = CLIP_SHAPES.get(te, (0, 0))
+            n += 18.0 * rank * width * layers
+    return n
+
+
+def estimate(work: Workload, choice: Choice, *, gpu_speed: float = 1.0) -> Estimate:
+    fam = work.family
+    b = 1.0 if choice.fp8_base else 2.0
+    p_model = fam.model_params_b * 1e9
+    swap = min(choice.blocks_to_swap, fam.swappable_blocks)
+    per_block = p_model * b / fam.depth
+    model_w = p_model * b * (1 - swap / fam.depth) + (per_block if swap else 0.0)
+    te_w = 0.0
+    if work.train_text_encoder:
+        te_w += sum(TEXT_ENCODER_PARAMS_B[t] * 1e9 * 2 for t in fam.trainable_text_encoders)
+        if fam.uses_t5:
+            te_w += TEXT_ENCODER_PARAMS_B["t5xxl"] * 1e9 * b
+    weights = (model_w + te_w) / GIB
+    optimizer = "AdamW8bit" if choice.use_8bit_optimizer else work.optimizer
+    lora = lora_params(fam, work.network_dim, work.train_text_encoder) * (8 + OPTIMIZER_STATE_BYTES[optimizer]) / GIB
+    tokens = image_tokens(fam, work.resolution) + TEXT_TOKENS.get(fam.name, 0)
+    per_width_blocks = (2 * fam.depth + 40) if choice.gradient_checkpointing else 40 * fam.depth
+    acts = choice.batch_size * tokens * fam.hidden_size * per_width_blocks / GIB
+    if work.train_text_encoder:
+        acts += choice.batch_size * 77 * 1280 * 32 * 40 / GIB
+    overhead = 1.5 + 0.08 * weights
+    train = weights + lora + acts + overhead
+    te_all = sum(TEXT_ENCODER_PARAMS_B[t] for t in fam.text_encoders) * 1e9 * b / GIB
+    cache = te_all + fam.vae_params_b * 1e9 * 2 / GIB + 2.5 * (work.resolution / 1024) ** 2 + 1.5
+    host = 4 + (fam.model_params_b + fam.text_encoder_params_b + fam.vae_params_b) * 1e9 * 2 / GIB
+    host += swap * per_block / GIB
+    speed = max(gpu_speed, 1e-6)
+    s_step = fam.ref_s_per_step_1024 * (image_tokens(fam, work.resolution) / 4096) * choice.batch_size
+    s_step *= work.accumulation / speed
+    s_step *= 1.3 if choice.gradient_checkpointing else 1.0
+    s_step *= 1.1 if choice.fp8_base else 1.0
+    s_step *= 1 + 0.04 * swap
+    s_step *= 1.15 if work.train_text_encoder else 1.0
+    wall = work.steps * s_step + 120 + 0.5 * work.num_images
+    breakdown = {
+        "weights": round(weights, 2),
+        "lora_and_optimizer": round(lora, 2),
+        "activations": round(acts, 2),
+        "overhead": round(overhead, 2),
+        "caching_phase": round(cache, 2),
+    }
+    return Estimate(
+        peak_gb=round(max(train, cache), 2),
+        train_gb=round(train, 2),
+        cache_gb=round(cache, 2),
+        host_ram_gb=round(host, 1),
+        wall_time_s=round(wall, 0),
+        breakdown=breakdown,
+    )
+
+
+def _batches(preset_batch: int) -> list[int]:
+    out = []
+    b = max(1, preset_batch)
+    while b >= 1:
+        out.append(b)
+        if b == 1:
+            break
+        b = max(1, b // 2)
+    return out
+
+
+def candidate_choices(
+    work: Workload, *, allow_fp8: bool = True, allow_swap: bool = True, allow_8bit: bool = True
+) -> list[Choice]:
+    fam = work.family
+    swaps = [0]
+    if allow_swap and fam.swappable_blocks:
+        swaps += list(range(2, fam.swappable_blocks + 1, 2))
+    eight = [False, True] if allow_8bit and work.optimizer == "AdamW" else [False]
+    fp8 = [False, True] if allow_fp8 else [False]
+    return [
+        Choice(gradient_checkpointing=ckpt, batch_size=bs, use_8bit_optimizer=o8, fp8_base=f8, blocks_to_swap=sw)
+        for ckpt, bs, o8, f8, sw in itertools.product([False, True], _batches(work.batch_size), eight, fp8, swaps)
+    ]
+
+
+def cheapest_fit(
+    work: Workload, budget_gb: float, candidates: list[Choice], *, gpu_speed: float = 1.0
+) -> tuple[Choice, Estimate] | None:
+    """The lowest-cost choice whose peak fits `budget_gb` (ties: lower peak), or None."""
+    best: tuple[float, float, Choice, Estimate] | None = None
+    for choice in candidates:
+        est = estimate(work, choice, gpu_speed=gpu_speed)
+        if est.peak_gb > budget_gb:
+            continue
+        key = (choice.cost(work.batch_size), est.peak_gb)
+        if best is None or key < best[:2]:
+            best = (key[0], key[1], choice, est)
+    return (best[2], best[3]) if best else None
+
+
+def smallest_peak(work: Workload, candidates: list[Choice]) -> tuple[Choice, Estimate]:
+    pairs = [(c, estimate(work, c)) for c in candidates]
+    return min(pairs, key=lambda p: p[1].peak_gb)

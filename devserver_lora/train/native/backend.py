@@ -1,0 +1,290 @@
+"""`NativeBackend`: in-process SD3/SD3.5 LoRA training with diffusers + peft (the Backend protocol).
+
+Flow: header checks -> caches (VAE and text encoders load, encode, leave) -> transformer + LoRA ->
+loop with progress events -> checkpoints named like Kohya's in `job.outputs_dir`, resume state in
+`job.work_dir` -> final LoRA, verified against the checkpoint's own layer shapes.
+The base model comes from (first found): the `source=` given to the constructor, `model.json` in the
+job folder (a `ModelSource`), or the standard file names in `settings.models_dir`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from ...errors import BackendError, Problem
+from ..events import CheckpointEvent, DoneEvent, ErrorEvent, LogEvent, ProgressEvent
+from ..plan import check_backend_support
+from . import models
+from .models import ModelSource
+
+MODEL_FILE = "model.json"
+STATE_FILE = "native_state.pt"
+NATIVE_FAMILIES = ("sd35_large", "sd35_medium")
+
+
+class NativeBackend:
+    name = "native"
+
+    def __init__(self, settings: Any = None, *, source: ModelSource | None = None, device: str | None = None,
+                 export_format: str = "kohya", progress_interval_s: float = 0.5) -> None:
+        self.settings = settings
+        self.source = source
+        self.device = device
+        self.export_format = export_format
+        self.progress_interval_s = progress_interval_s
+
+    # --- where the model is -------------------------------------------------------------
+    def model_source(self, job: Any) -> ModelSource:
+        if self.source is not None:
+            return self.source
+        model_file = job.dir / MODEL_FILE
+        if model_file.is_file():
+            return ModelSource.model_validate(job.read_json(MODEL_FILE))
+        return models.resolve_source(job.plan.family, getattr(self.settings, "models_dir", None))
+
+    # --- Backend protocol ---------------------------------------------------------------
+    def preflight(self, job: Any) -> list[Problem]:
+        plan = job.plan
+        problems: list[Problem] = []
+        if plan.family not in NATIVE_FAMILIES:
+            problems.append(
+                Problem(
+                    f"the native backend trains SD3.5 only, not {plan.family}",
+                    path="$.family",
+                    code="native_unsupported_family",
+                    hint="use --backend kohya for SDXL, SD1.5 and FLUX",
+                )
+            )
+            return problems
+        problems += check_backend_support(plan.hyper, "native", plan.memory)
+        if plan.hyper.shuffle_caption:
+            problems.append(
+                Problem(
+                    "shuffle_caption has no effect: the native backend encodes each caption once (cached)",
+                    path="$.hyper.shuffle_caption",
+                    code="native_no_shuffle",
+                    severity="warning",
+                    hint="leave it off, or use the kohya backend without text-encoder caching",
+                )
+            )
+        if plan.hyper.train_text_encoder:
+            problems.append(
+                Problem(
+                    "the native backend trains the transformer only; text encoders stay frozen",
+                    path="$.hyper.train_text_encoder",
+                    code="native_no_te_training",
+                    severity="warning",
+                    hint="use the kohya backend to train CLIP LoRAs as well",
+                )
+            )
+        try:
+            source = self.model_source(job)
+        except BackendError as exc:
+            return problems + [Problem(exc.message, hint=exc.hint, code=exc.diagnosis or "model_missing")]
+        problems += models.problems_of(source, plan.family)
+        manifest = job.manifest
+        missing = [img.file for img in manifest.images if not (Path(plan.dataset_dir) / img.file).is_file()]
+        if missing:
+            problems.append(
+                Problem(
+                    f"{len(missing)} dataset images are missing, e.g. {missing[0]}",
+                    file=plan.dataset_dir,
+                    code="dataset_missing_images",
+                    hint="prepare the dataset again",
+                )
+            )
+        return problems
+
+    def run(self, job: Any, *, resume: bool = False, stop: threading.Event | None = None) -> Path:
+        try:
+            return self._run(job, resume=resume, stop=stop)
+        except BackendError as exc:
+            if exc.diagnosis != "cancelled":
+                job.append_event(ErrorEvent(diagnosis=exc.diagnosis, message=exc.message, hint=exc.hint))
+            raise
+        except Exception as exc:
+            import torch
+
+            if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower():
+                err = BackendError(
+                    f"out of memory while training: {str(exc).splitlines()[0][:200]}",
+                    hint="plan again with a smaller batch, resolution or rank, or use the kohya backend "
+                    "(fp8 base and block swapping)",
+                    diagnosis="oom",
+                )
+            else:
+                err = BackendError(f"native training failed: {type(exc).__name__}: {exc}", diagnosis="native_crash")
+            job.append_event(ErrorEvent(diagnosis=err.diagnosis, message=err.message, hint=err.hint))
+            raise err from exc
+
+    # --- the work ----------------------------------------------------------------------
+    def _run(self, job: Any, *, resume: bool, stop: threading.Event | None) -> Path:
+        import torch
+
+        from .caches import CACHE_FILE, TextEncoder, build_caches, cache_key, load_caches, save_caches
+        from .loop import LoopSettings, LoraTrainer, load_state, save_state
+
+        models.env_offline()
+        blocking = [p for p in self.preflight(job) if p.severity == "error"]
+        if blocking:
+            raise BackendError(
+                "the native backend cannot run this job: " + "; ".join(p.message for p in blocking),
+                hint=blocking[0].hint,
+                diagnosis=blocking[0].code,
+            )
+        plan, manifest = job.plan, job.manifest
+        source = self.model_source(job)
+        info = models.inspect_source(source, family=plan.family)
+        device = torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        dtype = torch.float32
+        if device.type == "cuda":
+            dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(plan.hyper.mixed_precision, torch.float32)
+        res = plan.hyper.resolution
+        config = info.transformer_config
+        self._check_resolution(res, config)
+
+        key = cache_key(manifest, res, plan.hyper.flip_aug, _model_id(source))
+        cache_path = job.work_dir / CACHE_FILE
+        caches = load_caches(cache_path, key)
+        if caches is None:
+            job.append_event(LogEvent(message=f"encoding {manifest.num_images} images and captions (cached once)"))
+
+            def load_vae() -> Any:
+                return models.load_vae(source, dtype=dtype).to(device).eval()
+
+            def load_tes() -> list[TextEncoder]:
+                out = []
+                for kind, where in sorted(info.text_encoders.items()):
+                    model = models.load_text_encoder(kind, where, source, dtype=dtype).to(device).eval()
+                    out.append(TextEncoder(kind, model, models.load_tokenizer(kind, source)))
+                return out
+
+            caches = build_caches(
+                manifest, Path(plan.dataset_dir), resolution=res, flip=plan.hyper.flip_aug, load_vae=load_vae,
+                load_text_encoders=load_tes, joint_dim=config["joint_attention_dim"],
+                pooled_dim=config["pooled_projection_dim"], device=device, key=key,
+            )
+            save_caches(caches, cache_path)
+        transformer = models.load_transformer(source, info, dtype=dtype).to(device)
+        settings = LoopSettings.from_plan(plan)
+
+        def log(level: str, message: str) -> None:
+            job.append_event(LogEvent(level=level, message=message))
+
+        trainer = LoraTrainer(transformer, caches, settings, log=log)
+        state_path = job.work_dir / STATE_FILE
+        if resume:
+            state = load_state(state_path)
+            if state is None:
+                log("warning", "no saved state to resume from; starting at step 0")
+            else:
+                trainer.load_state_dict(state)
+                log("info", f"resumed at step {trainer.step} of {settings.total_steps}")
+        exporter = _Exporter(job, plan, trainer, info, self.export_format)
+        last_emit = 0.0
+
+        def on_step(r: Any) -> None:
+            nonlocal last_emit
+            now = time.monotonic()
+            if r.step == 1 or r.step == r.total_steps or now - last_emit >= self.progress_interval_s or r.total_steps <= 200:
+                job.append_event(
+                    ProgressEvent(step=r.step, total_steps=r.total_steps, epoch=r.epoch, total_epochs=r.total_epochs,
+                                  loss=r.loss, eta_s=r.eta_s, it_per_s=r.it_per_s)
+                )
+                last_emit = now
+            if r.step >= r.total_steps:
+                return
+            by_steps = settings.save_every_n_steps and r.step % settings.save_every_n_steps == 0
+            by_epoch = r.epoch_finished and settings.save_every_n_epochs and r.epoch % settings.save_every_n_epochs == 0
+            if by_steps or by_epoch:
+                name = (f"{plan.output_name}-step{r.step:08d}" if by_steps else f"{plan.output_name}-{r.epoch:06d}")
+                path = exporter.export(name, step=r.step, epoch=r.epoch)
+                save_state(trainer.state_dict(), state_path)
+                job.append_event(CheckpointEvent(path=str(path), step=r.step, epoch=r.epoch))
+
+        reached = trainer.train(on_step=on_step, stop=stop)
+        if reached < settings.total_steps:
+            save_state(trainer.state_dict(), state_path)
+            raise BackendError(
+                f"training stopped at step {reached} of {settings.total_steps}",
+                hint="resume the job to continue from here",
+                diagnosis="cancelled",
+            )
+        final = exporter.export(plan.output_name, step=reached, epoch=trainer.epoch)
+        save_state(trainer.state_dict(), state_path)
+        job.append_event(DoneEvent(lora_path=str(final), steps=reached))
+        return final
+
+    @staticmethod
+    def _check_resolution(res: int, config: dict[str, Any]) -> None:
+        patches = res // 8 // config["patch_size"]
+        if patches > config["pos_embed_max_size"]:
+            most = config["pos_embed_max_size"] * config["patch_size"] * 8
+            raise BackendError(
+                f"resolution {res} px is larger than this model's position table allows ({most} px)",
+                hint=f"plan with --resolution {most} or less",
+                diagnosis="resolution_too_large",
+            )
+
+
+def _model_id(source: ModelSource) -> str:
+    parts = []
+    for p in (source.checkpoint, source.diffusers_dir, source.clip_l, source.clip_g, source.t5xxl):
+        if p is not None:
+            st = Path(p).stat()
+            parts.append(f"{Path(p).resolve()}:{st.st_size}:{int(st.st_mtime)}")
+    return "|".join(parts)
+
+
+class _Exporter:
+    """Writes LoRA files from the trainer's current weights, in the chosen key layout, with metadata."""
+
+    def __init__(self, job: Any, plan: Any, trainer: Any, info: models.SourceInfo, fmt: str) -> None:
+        self.job, self.plan, self.trainer, self.info, self.fmt = job, plan, trainer, info, fmt
+        try:
+            self.card = job.card
+        except Exception:  # a job without a card cannot exist via JobStore.create; tolerate it for direct use
+            self.card = None
+
+    def export(self, name: str, *, step: int, epoch: int) -> Path:
+        import torch
+
+        from .lora_export import (
+            check_against_mmdit,
+            diffusers_tensors,
+            kohya_tensors,
+            lora_metadata,
+            pairs_from_peft,
+            save_lora,
+            to_mmdit_pairs,
+        )
+
+        s = self.trainer.s
+        pairs = pairs_from_peft(self.trainer.lora_state(), s.alpha)
+        dtype = torch.float32 if s.mixed_precision == "no" else torch.float16
+        if self.fmt == "diffusers":
+            tensors = diffusers_tensors(pairs, dtype)
+        else:
+            depth = self.info.transformer_config["num_layers"]
+            tensors = kohya_tensors(to_mmdit_pairs(pairs, depth), dtype)
+            if self.info.mmdit_shapes:
+                problems = check_against_mmdit(tensors, self.info.mmdit_shapes)
+                if problems:
+                    raise BackendError(
+                        f"the exported LoRA does not fit the base model: {problems[0].message}",
+                        hint="this is a bug in the native exporter; please report it with the job folder",
+                        diagnosis="export_mismatch",
+                    )
+        trigger = [self.plan.trigger] if self.plan.trigger else []
+        card = self.card.model_dump(mode="json") if self.card is not None else None
+        meta = lora_metadata(
+            output_name=self.plan.output_name, family=self.plan.family, rank=s.rank, alpha=s.alpha,
+            resolution=self.plan.hyper.resolution, steps=step, epochs=epoch, trigger_words=trigger, card=card,
+            card_metadata=self.card.to_metadata() if self.card is not None else None,
+            extra={"ss_num_train_images": str(len(self.trainer.caches)), "ss_learning_rate": str(s.learning_rate),
+                   "ss_optimizer": s.optimizer, "ss_lr_scheduler": s.lr_scheduler, "ss_seed": str(s.seed)},
+        )
+        return save_lora(tensors, meta, self.job.outputs_dir / f"{name}.safetensors")

@@ -1,0 +1,557 @@
+"""The training plan: resolved hyperparameters, steps, and a memory plan that fits the GPU.
+
+`make_plan(family, preset, dataset, gpu=..., overrides=...)` merges preset defaults, the
+family's facts and the caller's overrides, validates every hyperparameter with a message a
+student can act on, turns the preset's target step count into epochs for this dataset, and
+asks `memory.py` for the cheapest memory plan that fits the card (or refuses with the reason
+and what would fit). Every choice is explained in one line in `plan.explanations`.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ..errors import DatasetError, PlanError, Problem
+from ..paths import UnsafePathError, check_simple_name
+from .card import CARD_FILE, load_card
+from .dataset.manifest import DatasetManifest, load_manifest
+from .families import Family, get_family
+from .gpu import GpuInfo
+from .memory import (
+    CPU_RELATIVE_SPEED,
+    MemoryPlan,
+    Workload,
+    candidate_choices,
+    cheapest_fit,
+    estimate,
+    margin_for,
+    smallest_peak,
+)
+from .presets import get_preset
+
+__all__ = [
+    "BACKEND_OPTIMIZERS",
+    "BACKEND_SCHEDULERS",
+    "GpuInfo",
+    "Hyperparameters",
+    "MemoryPlan",
+    "TrainingPlan",
+    "check_backend_support",
+    "make_plan",
+]
+
+OPTIMIZERS = ("AdamW", "AdamW8bit", "Adafactor", "Prodigy")
+SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear", "polynomial")
+BACKEND_OPTIMIZERS: dict[str, tuple[str, ...]] = {"kohya": OPTIMIZERS, "native": ("AdamW", "AdamW8bit")}
+BACKEND_SCHEDULERS: dict[str, tuple[str, ...]] = {
+    "kohya": SCHEDULERS,
+    "native": ("constant", "constant_with_warmup", "cosine", "linear"),
+}
+BackendName = Literal["kohya", "native"]
+
+
+def _nearest_64(value: int) -> str:
+    low = max(256, (value // 64) * 64)
+    high = min(1536, low + 64)
+    return f"{low} or {high}" if low != high else str(low)
+
+
+class Hyperparameters(BaseModel):
+    """Everything the trainer needs to know about the optimisation. Validated with actionable messages."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    resolution: int = 1024
+    learning_rate: float = 1e-4
+    text_encoder_lr: float | None = None
+    train_text_encoder: bool = False
+    network_dim: int = 16
+    network_alpha: float = 16
+    optimizer: str = "AdamW"
+    lr_scheduler: str = "constant"
+    lr_warmup_steps: int = Field(default=0, ge=0)
+    max_train_steps: int = 100
+    epochs: int = 1
+    batch_size: int = 1
+    gradient_accumulation_steps: int = 1
+    repeats: int = 1
+    save_every_n_epochs: int = 1
+    save_every_n_steps: int | None = None
+    seed: int = 42
+    mixed_precision: Literal["bf16", "fp16", "no"] = "bf16"
+    weighting_scheme: Literal["logit_normal", "mode", "uniform"] = "logit_normal"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    mode_scale: float = 1.29
+    discrete_flow_shift: float | None = 3.0
+    caption_dropout_rate: float = 0.0
+    shuffle_caption: bool = False
+    keep_tokens: int = 0
+    flip_aug: bool = False
+
+    @field_validator("resolution")
+    @classmethod
+    def _resolution(cls, v: int) -> int:
+        if not 256 <= v <= 1536:
+            raise ValueError(f"resolution {v} is outside 256-1536 px: use 512 for quick tests, 1024 for SD3.5/SDXL")
+        if v % 64:
+            raise ValueError(f"resolution {v} is not a multiple of 64: use {_nearest_64(v)}")
+        return v
+
+    @field_validator("learning_rate", "text_encoder_lr")
+    @classmethod
+    def _lr(cls, v: float | None) -> float | None:
+        if v is None:
+            return v
+        if not (1e-6 <= v <= 1e-2) or math.isnan(v):
+            raise ValueError(
+                f"learning rate {v:g} is outside 1e-6 to 1e-2: typical LoRA values are 1e-4 (fast) to 2e-5 (careful)"
+            )
+        return v
+
+    @field_validator("max_train_steps", "epochs", "batch_size", "gradient_accumulation_steps", "repeats")
+    @classmethod
+    def _positive(cls, v: int, info: Any) -> int:
+        if v <= 0:
+            raise ValueError(f"{info.field_name} must be at least 1, not {v}")
+        limits = {"batch_size": 64, "gradient_accumulation_steps": 64, "repeats": 1000, "max_train_steps": 1_000_000}
+        limit = limits.get(info.field_name)
+        if limit and v > limit:
+            raise ValueError(f"{info.field_name} {v} is more than {limit}: that is almost certainly a typo")
+        return v
+
+    @field_validator("network_dim")
+    @classmethod
+    def _rank(cls, v: int) -> int:
+        if not 1 <= v <= 256:
+            raise ValueError(f"rank (network_dim) {v} is outside 1-256: 16 is a good start, 32-64 for fine detail")
+        return v
+
+    @field_validator("optimizer")
+    @classmethod
+    def _optimizer(cls, v: str) -> str:
+        if v not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {v!r}: choose one of {', '.join(OPTIMIZERS)}")
+        return v
+
+    @field_validator("lr_scheduler")
+    @classmethod
+    def _scheduler(cls, v: str) -> str:
+        if v not in SCHEDULERS:
+            raise ValueError(f"unknown learning-rate scheduler {v!r}: choose one of {', '.join(SCHEDULERS)}")
+        return v
+
+    @field_validator("save_every_n_epochs")
+    @classmethod
+    def _save_epochs(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("save_every_n_epochs must be at least 1")
+        return v
+
+    @field_validator("save_every_n_steps")
+    @classmethod
+    def _save_steps(cls, v: int | None) -> int | None:
+        if v is not None and v < 1:
+            raise ValueError("save_every_n_steps must be at least 1 (or left out)")
+        return v
+
+    @field_validator("caption_dropout_rate")
+    @classmethod
+    def _dropout(cls, v: float) -> float:
+        if not 0.0 <= v < 1.0:
+            raise ValueError(f"caption_dropout_rate {v} must be between 0 and 1 (0.05 is typical)")
+        return v
+
+    @field_validator("keep_tokens")
+    @classmethod
+    def _keep(cls, v: int) -> int:
+        if v < 0:
+            raise ValueError("keep_tokens cannot be negative")
+        return v
+
+    @model_validator(mode="after")
+    def _cross(self) -> Hyperparameters:
+        if self.network_alpha <= 0 or self.network_alpha > 4 * self.network_dim:
+            raise ValueError(
+                f"network_alpha {self.network_alpha:g} must be above 0 and at most 4 x rank "
+                f"({4 * self.network_dim}): set it equal to the rank ({self.network_dim}) or half of it"
+            )
+        if self.lr_warmup_steps >= self.max_train_steps and self.lr_warmup_steps > 0:
+            raise ValueError(
+                f"lr_warmup_steps {self.lr_warmup_steps} is not below max_train_steps {self.max_train_steps}: "
+                "use about 5% of the steps"
+            )
+        return self
+
+
+class TrainingPlan(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = 1
+    family: str
+    preset: str
+    output_name: str
+    trigger: str | None = None
+    dataset_dir: str
+    num_images: int = Field(ge=1)
+    steps_per_epoch: int = Field(default=1, ge=1)
+    hyper: Hyperparameters
+    memory: MemoryPlan
+    gpu: GpuInfo | None = None
+    explanations: list[str] = Field(default_factory=list)
+    backend: BackendName | None = None
+
+    @field_validator("output_name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        try:
+            check_simple_name(v, what="output name")
+        except UnsafePathError as exc:
+            raise ValueError(str(exc)) from exc
+        return v
+
+    def family_info(self) -> Family:
+        return get_family(self.family)
+
+
+def check_backend_support(hyper: Hyperparameters, backend: str | None, memory: MemoryPlan | None = None) -> list[Problem]:
+    """What `backend` cannot do of this plan (the backends call this in preflight too)."""
+    if backend is None:
+        return []
+    found: list[Problem] = []
+    opts = BACKEND_OPTIMIZERS.get(backend, OPTIMIZERS)
+    if hyper.optimizer not in opts:
+        found.append(
+            Problem(
+                f"the {backend} backend has no optimizer {hyper.optimizer!r}",
+                path="$.hyper.optimizer",
+                code="unsupported_optimizer",
+                hint=f"use one of {', '.join(opts)}",
+            )
+        )
+    scheds = BACKEND_SCHEDULERS.get(backend, SCHEDULERS)
+    if hyper.lr_scheduler not in scheds:
+        found.append(
+            Problem(
+                f"the {backend} backend has no scheduler {hyper.lr_scheduler!r}",
+                path="$.hyper.lr_scheduler",
+                code="unsupported_scheduler",
+                hint=f"use one of {', '.join(scheds)}",
+            )
+        )
+    if backend == "native" and memory is not None and (memory.fp8_base or memory.blocks_to_swap):
+        found.append(
+            Problem(
+                "the native backend cannot train on an fp8 base model or swap blocks to host RAM",
+                path="$.memory",
+                code="unsupported_memory_plan",
+                hint="use the kohya backend for this GPU, or a larger GPU",
+            )
+        )
+    return found
+
+
+_MEMORY_OVERRIDES = ("fp8_base", "blocks_to_swap", "gradient_checkpointing", "use_8bit_optimizer")
+
+
+def _validation_problems(exc: ValidationError) -> list[Problem]:
+    problems = []
+    for e in exc.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = f"unknown setting {loc!r}"
+        problems.append(Problem(msg, path=f"$.hyper.{loc}" if loc else "$.hyper", code="invalid_hyperparameter"))
+    return problems
+
+
+def _dataset(dataset: DatasetManifest | str | Path) -> tuple[DatasetManifest, str]:
+    if isinstance(dataset, DatasetManifest):
+        raise PlanError("make_plan needs the dataset folder, not only its manifest", hint="pass the folder path")
+    folder = Path(dataset).expanduser().resolve()
+    return load_manifest(folder), str(folder)
+
+
+def make_plan(
+    family: str,
+    preset: str,
+    dataset: str | Path,
+    *,
+    gpu: GpuInfo | None = None,
+    overrides: dict[str, Any] | None = None,
+    backend: BackendName | None = None,
+    output_name: str | None = None,
+    require_card: bool = True,
+) -> TrainingPlan:
+    """Resolve a plan for a prepared dataset folder; PlanError/DatasetError with what to change otherwise."""
+    fam = get_family(family)
+    pre = get_preset(preset)
+    manifest, dataset_dir = _dataset(dataset)
+    if require_card:
+        card = load_card(Path(dataset_dir) / CARD_FILE)
+        card_problems = card.problems()
+        if card_problems:
+            raise DatasetError("the dataset card does not allow training", problems=card_problems)
+    n = manifest.num_images
+    if n == 0:
+        raise DatasetError(f"the dataset in {dataset_dir} has no images", hint="prepare it again with images")
+    overrides = dict(overrides or {})
+    memory_overrides = {k: overrides.pop(k) for k in _MEMORY_OVERRIDES if k in overrides}
+    explanations: list[str] = [f"{pre.label}: {pre.explanation_en}"]
+
+    values: dict[str, Any] = {"resolution": fam.default_resolution}
+    values.update(pre.hyper)
+    if fam.default_resolution < values["resolution"]:
+        values["resolution"] = fam.default_resolution
+        explanations.append(f"resolution {fam.default_resolution} px: {fam.label} was trained at that size")
+    # The dataset's N_<name> folder says how often each image repeats (Kohya reads the folder name);
+    # the preset's value only served as the default of `prepare --preset`.
+    values["repeats"] = manifest.repeats
+    values["discrete_flow_shift"] = fam.discrete_flow_shift
+    if not fam.is_flow_matching:
+        values["weighting_scheme"] = "uniform"
+    if manifest.trigger:
+        values.setdefault("keep_tokens", 1)
+    if values.get("train_text_encoder") and not fam.trainable_text_encoders:
+        values["train_text_encoder"] = False
+    values.update(overrides)
+    # Steps depend on the rest; validate everything else first with a placeholder step count.
+    explicit_steps = values.pop("max_train_steps", None)
+    explicit_epochs = values.pop("epochs", None)
+    try:
+        hyper = Hyperparameters.model_validate({**values, "max_train_steps": 10**6, "epochs": 1})
+    except ValidationError as exc:
+        raise _plan_error(exc) from exc
+
+    batch = hyper.batch_size
+    mixed = "bf16"
+    if gpu is None:
+        mixed = "no"
+        explanations.append("no GPU found or given: full precision on the CPU (only sensible for tiny test models)")
+    elif not gpu.supports_bf16:
+        mixed = "fp16"
+        explanations.append(f"fp16 mixed precision: {gpu.name} (compute {gpu.compute_capability}) has no bf16")
+    if "mixed_precision" not in overrides:
+        hyper.mixed_precision = mixed
+
+    work = Workload(
+        family=fam,
+        resolution=hyper.resolution,
+        batch_size=batch,
+        network_dim=hyper.network_dim,
+        optimizer=hyper.optimizer,
+        train_text_encoder=hyper.train_text_encoder,
+        num_images=n,
+        steps=pre.target_steps,
+    )
+    if gpu is not None and pre.min_vram_gb and gpu.vram_gb < pre.min_vram_gb:
+        raise PlanError(
+            f"the preset {pre.label_de!r} needs a GPU with at least {pre.min_vram_gb:g} GB; {gpu.name} has "
+            f"{gpu.vram_gb:g} GB",
+            hint="choose 'atelier' or 'fotostudio', or a larger GPU",
+        )
+    memory = _choose_memory(work, gpu, backend, memory_overrides, explanations)
+    batch = work.batch_size if gpu is None else memory_batch(memory)
+    accumulation = hyper.gradient_accumulation_steps * max(1, hyper.batch_size // batch)
+    if batch != hyper.batch_size:
+        explanations.append(
+            f"batch size {batch} with {accumulation} accumulation steps: same effective batch "
+            f"({hyper.batch_size * hyper.gradient_accumulation_steps}) in less memory"
+        )
+
+    # Steps: Kohya counts optimizer steps; an epoch is every image seen `repeats` times.
+    steps_per_epoch = max(1, math.ceil(math.ceil(n * hyper.repeats / batch) / accumulation))
+    if explicit_steps is not None:
+        max_steps = int(explicit_steps)
+        epochs = max(1, math.ceil(max_steps / steps_per_epoch))
+        explanations.append(f"{max_steps} steps as requested ({epochs} epochs of {steps_per_epoch} steps)")
+    elif explicit_epochs is not None:
+        epochs = int(explicit_epochs)
+        max_steps = epochs * steps_per_epoch
+        explanations.append(f"{epochs} epochs as requested = {max_steps} steps")
+    else:
+        epochs = max(1, round(pre.target_steps / steps_per_epoch))
+        max_steps = epochs * steps_per_epoch
+        explanations.append(
+            f"{epochs} epochs x {steps_per_epoch} steps = {max_steps} steps: {n} images x {hyper.repeats} repeats "
+            f"/ batch {batch * accumulation}, aiming at about {pre.target_steps} steps for this preset"
+        )
+    save_every = min(hyper.save_every_n_epochs, epochs)
+    final_values = hyper.model_dump()
+    final_values.update(
+        batch_size=batch,
+        gradient_accumulation_steps=accumulation,
+        max_train_steps=max_steps,
+        epochs=epochs,
+        save_every_n_epochs=save_every,
+    )
+    if final_values["lr_warmup_steps"] >= max_steps:
+        final_values["lr_warmup_steps"] = max(0, max_steps // 10)
+    try:
+        hyper = Hyperparameters.model_validate(final_values)
+    except ValidationError as exc:
+        raise _plan_error(exc) from exc
+
+    problems = check_backend_support(hyper, backend, memory)
+    if problems:
+        raise PlanError(f"this plan does not suit the {backend} backend", problems=problems)
+
+    # Refine the wall-time estimate with the real step count.
+    speed = (gpu.relative_speed * gpu.count) if gpu else CPU_RELATIVE_SPEED
+    final_work = Workload(**{**work.__dict__, "steps": max_steps, "batch_size": batch, "accumulation": accumulation})
+    est = estimate(final_work, _choice_of(memory), gpu_speed=speed)
+    memory = memory.model_copy(update={"estimated_wall_time_s": est.wall_time_s})
+
+    name = output_name or manifest.trigger or manifest.name
+    name = _safe_output_name(name)
+    if hyper.train_text_encoder:
+        explanations.append(
+            f"text encoders ({', '.join(fam.trainable_text_encoders)}) are trained too, at learning rate "
+            f"{hyper.text_encoder_lr or hyper.learning_rate:g}, so the model learns new words"
+        )
+    return TrainingPlan(
+        family=fam.name,
+        preset=pre.name,
+        output_name=name,
+        trigger=manifest.trigger,
+        dataset_dir=dataset_dir,
+        num_images=n,
+        steps_per_epoch=steps_per_epoch,
+        hyper=hyper,
+        memory=memory,
+        gpu=gpu,
+        explanations=explanations,
+        backend=backend,
+    )
+
+
+def _plan_error(exc: ValidationError) -> PlanError:
+    return PlanError(
+        "the training settings are not valid",
+        hint="change the settings below (--set key=value) or pick another preset",
+        problems=_validation_problems(exc),
+    )
+
+
+def _safe_output_name(name: str) -> str:
+    import re
+
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", name.strip()).strip("._-") or "lora"
+    return check_simple_name(cleaned[:100], what="output name")
+
+
+def memory_batch(memory: MemoryPlan) -> int:
+    return int(memory.breakdown_gb.get("batch_size", 1))
+
+
+def _choice_of(memory: MemoryPlan):
+    from .memory import Choice
+
+    return Choice(
+        gradient_checkpointing=memory.gradient_checkpointing,
+        batch_size=memory_batch(memory),
+        use_8bit_optimizer=memory.use_8bit_optimizer,
+        fp8_base=memory.fp8_base,
+        blocks_to_swap=memory.blocks_to_swap,
+    )
+
+
+def _choose_memory(
+    work: Workload,
+    gpu: GpuInfo | None,
+    backend: str | None,
+    forced: dict[str, Any],
+    explanations: list[str],
+) -> MemoryPlan:
+    fam = work.family
+    cache_te = not work.train_text_encoder
+    allow_fp8 = backend != "native"
+    allow_swap = backend != "native" and fam.swappable_blocks > 0
+    candidates = candidate_choices(work, allow_fp8=allow_fp8, allow_swap=allow_swap, allow_8bit=gpu is not None)
+    for key, val in forced.items():
+        candidates = [c for c in candidates if getattr(c, key) == val]
+    if not candidates:
+        raise PlanError(
+            f"the memory settings {forced} are not possible for {fam.label} with this backend",
+            hint="leave them out and let the plan choose",
+        )
+    if gpu is None:
+        choice = min(candidates, key=lambda c: (c.cost(work.batch_size), c.blocks_to_swap))
+        est = estimate(work, choice, gpu_speed=CPU_RELATIVE_SPEED)
+        vram, margin = None, 0.0
+    else:
+        vram = gpu.vram_gb
+        margin = margin_for(vram)
+        fit = cheapest_fit(work, vram - margin, candidates, gpu_speed=gpu.relative_speed * gpu.count)
+        if fit is None:
+            raise _no_fit(work, gpu, margin, candidates)
+        choice, est = fit
+    plan = MemoryPlan(
+        fp8_base=choice.fp8_base,
+        blocks_to_swap=choice.blocks_to_swap,
+        gradient_checkpointing=choice.gradient_checkpointing,
+        cache_text_encoder_outputs=cache_te,
+        cache_text_encoder_outputs_to_disk=cache_te,
+        cache_latents=True,
+        cache_latents_to_disk=True,
+        use_8bit_optimizer=choice.use_8bit_optimizer,
+        estimated_peak_vram_gb=est.peak_gb,
+        estimated_host_ram_gb=est.host_ram_gb,
+        estimated_wall_time_s=est.wall_time_s,
+        vram_gb=vram,
+        margin_gb=margin,
+        breakdown_gb={**est.breakdown, "batch_size": choice.batch_size},
+    )
+    where = f"{gpu.name} ({vram:g} GB, keeping {margin:g} GB spare)" if gpu else "the CPU"
+    explanations.append(f"estimated peak {est.peak_gb:.1f} GB on {where}; host RAM about {est.host_ram_gb:.0f} GB")
+    explanations.append(
+        "gradient checkpointing on: recomputes activations instead of storing them (about 30% slower, far less memory)"
+        if choice.gradient_checkpointing
+        else "gradient checkpointing off: there is room to keep activations, which is faster"
+    )
+    if choice.fp8_base:
+        explanations.append("fp8 base model: the frozen weights are stored in 8 bits, halving their memory")
+    else:
+        explanations.append("base model in 16 bits: the best quality, and it fits")
+    if choice.blocks_to_swap:
+        explanations.append(
+            f"{choice.blocks_to_swap} of {fam.depth} blocks swapped to host RAM while not in use (slower, fits smaller cards)"
+        )
+    if choice.use_8bit_optimizer:
+        explanations.append("8-bit AdamW: the optimizer state takes a quarter of the memory")
+    explanations.append(
+        "text-encoder outputs cached once to disk and the encoders freed"
+        if cache_te
+        else "text encoders stay loaded because they are trained"
+    )
+    explanations.append("latents cached once to disk, so the VAE is not needed while training and a resume is quick")
+    return plan
+
+
+def _no_fit(work: Workload, gpu: GpuInfo, margin: float, candidates: list) -> PlanError:
+    fam = work.family
+    best_choice, best = smallest_peak(work, candidates)
+    need = best.peak_gb + margin_for(best.peak_gb / 0.85)
+    suggestions: list[str] = []
+    for res in (768, 512):
+        if res < work.resolution:
+            smaller = Workload(**{**work.__dict__, "resolution": res})
+            if cheapest_fit(smaller, gpu.vram_gb - margin, candidate_choices(smaller)) is not None:
+                suggestions.append(f"--set resolution={res}")
+                break
+    if work.train_text_encoder:
+        smaller = Workload(**{**work.__dict__, "train_text_encoder": False})
+        if cheapest_fit(smaller, gpu.vram_gb - margin, candidate_choices(smaller)) is not None:
+            suggestions.append("the 'atelier' preset (no text-encoder training)")
+    if fam.name == "sd35_large":
+        suggestions.append("family sd35_medium")
+    suggestions.append(f"a GPU with at least {math.ceil(need)} GB")
+    return PlanError(
+        f"{fam.label} at {work.resolution} px does not fit {gpu.name} ({gpu.vram_gb:g} GB): even with every "
+        f"memory saving the estimated peak is {best.peak_gb:.1f} GB, and {margin:g} GB must stay free",
+        hint="what would fit: " + "; or ".join(suggestions),
+    )

@@ -1,0 +1,282 @@
+"""Run a job detached from the terminal, follow it, cancel it, resume it. Works for every backend.
+
+`start` spawns `python -m devserver_lora.train.runner --job-dir DIR ...` in a new
+session (closing the terminal does not stop it; stdout/stderr go to the job's
+logs/runner.log) and records its pid in job.json. That worker calls the backend
+and records the outcome. `follow` re-attaches by reading events.jsonl (polling,
+bounded in time). `cancel` signals the worker's process group (it stops the
+trainer cleanly), then kills what is left after a grace period; finished
+checkpoints stay in outputs/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..errors import BackendError, DevserverLoraError, JobError
+from ..paths import atomic_write_json
+from .events import ErrorEvent, StateEvent
+
+RUNNER_MODULE = "devserver_lora.train.runner"
+FINAL_STATES = ("done", "failed", "cancelled")
+
+
+def pid_alive(pid: int | None, *, marker: str | None = None) -> bool:
+    """True if `pid` runs (and, where /proc exists, its command line holds `marker`, against pid reuse)."""
+    if not pid or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    if marker:
+        cmdline = Path(f"/proc/{pid}/cmdline")
+        try:
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+        except OSError:
+            return True
+        if text and marker not in text:
+            return False
+        try:  # a zombie (exited, not yet reaped by its parent) is not running
+            if Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z"):
+                return False
+        except (OSError, IndexError):
+            pass
+    return True
+
+
+def runner_alive(job: Any) -> bool:
+    info = job.info
+    return pid_alive(info.get("pid"), marker=RUNNER_MODULE)
+
+
+def start(
+    job: Any,
+    settings: Any,
+    *,
+    backend: str = "auto",
+    resume: bool = False,
+    num_processes: int = 1,
+    python: str | None = None,
+    env: dict[str, str] | None = None,
+) -> int:
+    """Start the detached worker for `job`; returns its pid. JobError if the job is running or finished."""
+    info = job.info
+    state = info.get("state", "created")
+    if state == "running" and runner_alive(job):
+        raise JobError(f"job {job.id} is already running (pid {info.get('pid')})",
+                       hint=f"follow it with `status {job.id} --follow`, or stop it with `cancel {job.id}`")
+    if state == "done":
+        raise JobError(f"job {job.id} is already done", hint=f"install it with `install {job.id}`")
+    if resume and state == "created":
+        raise JobError(f"job {job.id} never ran, so there is nothing to resume", hint=f"use `run {job.id}`")
+    settings_path = job.work_dir / "runner_settings.json"
+    dump = settings.model_dump(mode="json") if hasattr(settings, "model_dump") else dict(settings)
+    atomic_write_json(settings_path, dump)
+    argv = [python or sys.executable, "-m", RUNNER_MODULE, "--job-dir", str(job.dir), "--backend", backend,
+            "--settings", str(settings_path), "--num-processes", str(num_processes)]
+    if resume:
+        argv.append("--resume")
+    log = open(job.logs_dir / "runner.log", "ab")  # noqa: SIM115 - handed to the child, closed below
+    try:
+        proc = subprocess.Popen(  # noqa: S603 - argument list; our own interpreter and module
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=str(job.dir),
+            start_new_session=True,  # survives the terminal closing; cancel signals this group
+            env={**os.environ, **(env or {})},
+            close_fds=True,
+        )
+    finally:
+        log.close()
+    job.set_state("running", pid=proc.pid, pgid=proc.pid, backend=backend, started=time.time(),
+                  message="resuming" if resume else "starting", child_pid=None, child_pgid=None)
+    _REAPERS.append(proc)  # keep the Popen so its exit status is collected (no zombie while we live)
+    return proc.pid
+
+
+_REAPERS: list[subprocess.Popen] = []
+
+
+def _append_state(job: Any, state: str, message: str = "") -> None:
+    job.append_event(StateEvent(state=state, message=message))
+
+
+def run_worker(job: Any, settings: Any, *, backend: str, resume: bool, num_processes: int = 1,
+               stop: threading.Event | None = None) -> int:
+    """The worker body (also usable in-process): run the backend and record the outcome. Returns an exit code."""
+    from .backends import get_backend
+
+    stop = stop or threading.Event()
+    job.set_state("running", pid=os.getpid(), pgid=os.getpgid(0), backend=backend, started=time.time(),
+                  message="resuming" if resume else "running")
+    _append_state(job, "running", "resuming" if resume else "training started")
+    try:
+        options: dict[str, Any] = {"num_processes": num_processes} if backend in ("kohya", "auto") else {}
+        chosen = get_backend(backend, settings, **options)
+        job.set_state("running", backend=chosen.name)
+        path = chosen.run(job, resume=resume, stop=stop)
+    except BackendError as exc:
+        if exc.diagnosis == "cancelled":
+            job.set_state("cancelled", message="cancelled; finished checkpoints are kept", diagnosis="cancelled")
+            _append_state(job, "cancelled", "cancelled; finished checkpoints are kept")
+            return 0
+        _record_failure(job, exc, diagnosis=exc.diagnosis)
+        return 1
+    except DevserverLoraError as exc:
+        _record_failure(job, exc, diagnosis=None)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - a worker must always leave a final state behind
+        traceback.print_exc()
+        _record_failure(job, exc, diagnosis="internal_error")
+        return 1
+    job.set_state("done", lora_path=str(path), message=f"trained {Path(path).name}", diagnosis=None)
+    _append_state(job, "done", f"trained {Path(path).name}")
+    return 0
+
+
+def _record_failure(job: Any, exc: Exception, *, diagnosis: str | None) -> None:
+    message = getattr(exc, "message", str(exc))
+    hint = getattr(exc, "hint", None)
+    last = job.events()[-3:]
+    if not any(e.get("type") == "error" and e.get("message") == message for e in last):
+        job.append_event(ErrorEvent(diagnosis=diagnosis, message=message, hint=hint))
+    job.set_state("failed", message=message, hint=hint, diagnosis=diagnosis)
+    _append_state(job, "failed", message)
+
+
+def _load_job(job_dir: Path) -> Any:
+    from .jobs import JobStore
+
+    return JobStore(job_dir.parent).get(job_dir.name)
+
+
+def worker_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=f"python -m {RUNNER_MODULE}", description="detached training worker")
+    parser.add_argument("--job-dir", required=True, type=Path)
+    parser.add_argument("--backend", default="auto")
+    parser.add_argument("--settings", type=Path, required=True)
+    parser.add_argument("--num-processes", type=int, default=1)
+    parser.add_argument("--resume", action="store_true")
+    args = parser.parse_args(argv)
+    from .settings import Settings
+
+    job = _load_job(args.job_dir.resolve())
+    settings = Settings.model_validate(json.loads(args.settings.read_text(encoding="utf-8")))
+    stop = threading.Event()
+
+    def _on_signal(signum: int, _frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a closing terminal must not stop training
+    return run_worker(job, settings, backend=args.backend, resume=args.resume, num_processes=args.num_processes,
+                      stop=stop)
+
+
+def _signal_group(pgid: int | None, sig: int) -> bool:
+    if not pgid:
+        return False
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def cancel(job: Any, *, grace_s: float = 30.0, poll_s: float = 0.2) -> str:
+    """Stop a running job: SIGTERM to the worker (which stops the trainer cleanly), SIGKILL after `grace_s`."""
+    info = job.info
+    state = info.get("state")
+    if state in FINAL_STATES:
+        raise JobError(f"job {job.id} is not running (state: {state})")
+    if state == "created":
+        job.set_state("cancelled", message="cancelled before it started")
+        _append_state(job, "cancelled", "cancelled before it started")
+        return "cancelled"
+    if runner_alive(job):
+        _signal_group(info.get("pgid"), signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and runner_alive(job):
+            time.sleep(poll_s)
+    info = job.info
+    if runner_alive(job) or pid_alive(info.get("child_pid")):
+        _signal_group(info.get("child_pgid"), signal.SIGKILL)
+        _signal_group(info.get("pgid"), signal.SIGKILL)
+        for _ in range(50):
+            if not runner_alive(job):
+                break
+            time.sleep(0.1)
+    if job.state not in FINAL_STATES:
+        job.set_state("cancelled", message="killed after the grace period; finished checkpoints are kept",
+                      diagnosis="cancelled")
+        _append_state(job, "cancelled", "killed after the grace period; finished checkpoints are kept")
+    return job.state
+
+
+def reconcile(job: Any) -> str:
+    """A job that says "running" while its worker is gone crashed: record that (so `resume` can continue)."""
+    info = job.info
+    if info.get("state") == "running" and info.get("pid") and not runner_alive(job):
+        time.sleep(0.2)  # the worker may be writing its final state right now
+        if job.state == "running":
+            msg = "the training worker stopped without recording an outcome (killed or machine restarted)"
+            job.set_state("failed", message=msg, diagnosis="worker_lost",
+                          hint=f"continue from the last saved state with `resume {job.id}`")
+            job.append_event(ErrorEvent(diagnosis="worker_lost", message=msg, hint=f"`resume {job.id}`"))
+            _append_state(job, "failed", msg)
+    return job.state
+
+
+def follow(
+    job: Any,
+    on_event: Callable[[dict], None],
+    *,
+    timeout_s: float = 7 * 24 * 3600.0,
+    poll_s: float = 0.5,
+    start_index: int = 0,
+) -> str:
+    """Call `on_event` for each event from `start_index` on until the job reaches a final state; returns it.
+
+    Bounded: stops after `timeout_s` (returning the current state) and notices a dead worker.
+    """
+    seen = start_index
+    deadline = time.monotonic() + timeout_s
+    while True:
+        events = job.events()
+        for event in events[seen:]:
+            on_event(event)
+        seen = max(seen, len(events))
+        state = reconcile(job)
+        if state in FINAL_STATES:
+            events = job.events()
+            for event in events[seen:]:
+                on_event(event)
+            return state
+        if time.monotonic() >= deadline:
+            return state
+        time.sleep(poll_s)
+
+
+def wait(job: Any, *, timeout_s: float, poll_s: float = 0.1) -> str:
+    return follow(job, lambda _e: None, timeout_s=timeout_s, poll_s=poll_s, start_index=len(job.events()))
+
+
+if __name__ == "__main__":
+    sys.exit(worker_main())

@@ -1,0 +1,1 @@
+"""Stand-in marker: the real module trains LoRA for SD3 MMDiT."""

@@ -1,0 +1,121 @@
+"""Integration tests against a REAL ComfyUI v0.3.75 (CPU, tiny random SD3 checkpoint). Marker: comfyui.
+
+Setup once: `.venv/bin/python tests/comfyui_setup.py` (skips without it locally; fails under CI=true).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import io
+import json
+
+import pytest
+from comfyui_harness import ComfyServer
+from conftest import SAMPLES
+from PIL import Image
+
+from devserver_lora.comfy import ComfyClient, ComfySync, Timeouts
+from devserver_lora.comfy import events as ev
+from devserver_lora.errors import ComfyInterrupted, ComfyValidationError
+from devserver_lora.lora_spec import LoraSpec
+from devserver_lora.workflow import inject_loras
+
+pytestmark = pytest.mark.comfyui
+
+TIMEOUTS = Timeouts(overall=120, idle=60, connect=5, http=30)
+
+
+def tiny_sd35_graph(checkpoint: str, *, seed: int = 1, steps: int = 3, prompt: str = "a yoruba adire cloth") -> dict:
+    """The real DevServer SD3.5 Large chunk, scaled down: 64x64, few steps, the tiny checkpoint.
+
+    The tiny checkpoint carries only CLIP-L, so the two text encoders read the checkpoint's CLIP (output 1)
+    instead of the DualCLIPLoader (clip_g + t5xxl files we do not have); the loaders stay in the graph,
+    dangling, as TripleCLIPLoader already does in the real chunk. The LoRA injector must follow the real edges.
+    """
+    chunk = json.loads((SAMPLES / "output_image_sd35_large.json").read_text())
+    wf = copy.deepcopy(chunk["workflow"])
+    wf["5"]["inputs"]["ckpt_name"] = checkpoint
+    wf["1"]["inputs"]["clip"] = ["5", 1]
+    wf["6"]["inputs"]["clip"] = ["5", 1]
+    wf["3"]["inputs"].update(width=64, height=64)
+    wf["8"]["inputs"].update(seed=seed, steps=steps, cfg=4.5, scheduler="sgm_uniform")
+    wf["10"]["inputs"]["value"] = prompt
+    wf["11"]["inputs"]["value"] = "blurry"
+    wf["4"]["inputs"]["filename_prefix"] = "devserver_lora_test"
+    return wf
+
+
+def with_lora(wf: dict, name: str, strength: float = 1.0) -> dict:
+    return inject_loras(wf, [LoraSpec(name=name, strength_model=strength, strength_clip=strength)])
+
+
+async def test_render_with_kohya_lora(comfyui_server: ComfyServer) -> None:
+    wf = with_lora(tiny_sd35_graph(comfyui_server.checkpoint_name, seed=5), "tiny_sd3_kohya.safetensors")
+    mark = comfyui_server.log_mark()
+    events: list[ev.Event] = []
+    async with ComfyClient(comfyui_server.url, timeouts=TIMEOUTS) as client:
+        result = await client.run(
+            wf, prompt_id="real-render-1", on_event=events.append, output_node="4", loras_dir=comfyui_server.loras_dir
+        )
+    assert result.prompt_id == "real-render-1" and result.used_websocket
+    assert len(result.images) == 1
+    img = Image.open(io.BytesIO(result.images[0].data))
+    assert img.size == (64, 64)
+    # ComfyUI embeds the graph it ran: this is the image of OUR prompt (seed 5, our LoRA node).
+    ran = json.loads(img.text["prompt"])
+    assert ran["8"]["inputs"]["seed"] == 5
+    assert any(n.get("class_type") == "LoraLoader" for n in ran.values())
+    progress = [e for e in events if isinstance(e, ev.Progress)]
+    assert [(p.value, p.max) for p in progress] == [(1, 3), (2, 3), (3, 3)]
+    assert isinstance(events[-1], ev.Done)
+    log = comfyui_server.console_log(since=mark)
+    assert "lora key not loaded" not in log and "NOT LOADED" not in log
+
+
+async def test_bad_keys_lora_does_log_the_warning(comfyui_server: ComfyServer) -> None:
+    """Proves the console check above can fail: ComfyUI logs (and only logs) keys it cannot place."""
+    wf = with_lora(tiny_sd35_graph(comfyui_server.checkpoint_name, seed=6, steps=1), "tiny_sd3_bad_keys.safetensors")
+    mark = comfyui_server.log_mark()
+    async with ComfyClient(comfyui_server.url, timeouts=TIMEOUTS) as client:
+        result = await client.run(wf)
+    assert result.images  # the API reports success...
+    await asyncio.sleep(0.2)
+    assert "lora key not loaded" in comfyui_server.console_log(since=mark)  # ...only the console knows
+
+
+async def test_missing_lora_is_a_typed_validation_error(comfyui_server: ComfyServer) -> None:
+    wf = with_lora(tiny_sd35_graph(comfyui_server.checkpoint_name), "yoruba_not_installed.safetensors")
+    async with ComfyClient(comfyui_server.url, timeouts=TIMEOUTS) as client:
+        with pytest.raises(ComfyValidationError) as server_side:
+            await client.run(wf, check_loras=False)
+        with pytest.raises(ComfyValidationError) as local:
+            await client.run(wf)
+    for info in (server_side, local):
+        text = str(info.value)
+        assert "LoRA 'yoruba_not_installed.safetensors' is not installed in ComfyUI; installed:" in text
+        assert "tiny_sd3_kohya.safetensors" in text
+    assert server_side.value.error["type"] == "prompt_outputs_failed_validation"
+
+
+async def test_interrupt(comfyui_server: ComfyServer) -> None:
+    wf = tiny_sd35_graph(comfyui_server.checkpoint_name, seed=7, steps=400)
+    async with ComfyClient(comfyui_server.url, timeouts=TIMEOUTS) as client:
+        pending: list[asyncio.Task] = []
+
+        def on_event(e: ev.Event) -> None:
+            if isinstance(e, ev.Progress) and e.value == 2 and not pending:
+                pending.append(asyncio.ensure_future(client.interrupt(e.prompt_id)))
+
+        with pytest.raises(ComfyInterrupted) as info:
+            await client.run(wf, prompt_id="real-interrupt", on_event=on_event)
+        await asyncio.gather(*pending)
+        entry = await client.history("real-interrupt")
+    assert info.value.prompt_id == "real-interrupt"
+    assert entry is not None and entry.status_str == "error"
+
+
+def test_sync_facade_renders(comfyui_server: ComfyServer) -> None:
+    wf = with_lora(tiny_sd35_graph(comfyui_server.checkpoint_name, seed=8, steps=1), "tiny_sd3_diffusers.safetensors")
+    result = ComfySync(comfyui_server.url, timeouts=TIMEOUTS).run(wf)
+    assert result.images and result.images[0].data[:4] == b"\x89PNG"

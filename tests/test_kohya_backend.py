@@ -1,0 +1,181 @@
+"""KohyaBackend against the sd-scripts stand-in: progress events, checkpoints, every diagnosed failure, resume."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+
+from devserver_lora.errors import BackendError
+from devserver_lora.train.backends import Backend, get_backend
+from devserver_lora.train.kohya.backend import KohyaBackend
+from devserver_lora.train.safetensors_meta import read_header
+from kohya_standin.fixtures import kohya_env  # noqa: F401 - pytest fixture
+
+
+def backend(env, **kw) -> KohyaBackend:
+    kw.setdefault("progress_interval_s", 0.0)
+    kw.setdefault("grace_s", 2.0)
+    return KohyaBackend(env.settings, **kw)
+
+
+def events(job, kind):
+    return [e for e in job.events() if e["type"] == kind]
+
+
+def test_get_backend_auto_and_protocol(kohya_env, tmp_path):
+    chosen = get_backend("auto", kohya_env.settings)
+    assert chosen.name == "kohya" and isinstance(chosen, Backend)
+    with pytest.raises(BackendError, match="unknown backend"):
+        get_backend("fast", kohya_env.settings)
+
+
+def test_run_success_events_and_checkpoints(kohya_env, tmp_path, monkeypatch):
+    record = tmp_path / "seen.json"
+    monkeypatch.setenv("STANDIN_RECORD", str(record))
+    job = kohya_env.job()
+    final = backend(kohya_env).run(job)
+    assert final == job.outputs_dir / "tiny_sd3_lora.safetensors"
+    names = sorted(p.name for p in job.outputs_dir.glob("*.safetensors"))
+    assert names == ["tiny_sd3_lora-000001.safetensors", "tiny_sd3_lora-step00000002.safetensors",
+                     "tiny_sd3_lora-step00000004.safetensors", "tiny_sd3_lora.safetensors"]
+    steps = [e["step"] for e in events(job, "progress")]
+    assert steps == sorted(steps) and steps[-1] == 6 and {e["total_steps"] for e in events(job, "progress")} == {6}
+    assert events(job, "progress")[-1]["epoch"] == 2 and events(job, "progress")[-1]["loss"] is not None
+    ckpts = events(job, "checkpoint")
+    assert [c["step"] for c in ckpts if "step0" in c["path"]] == [2, 4]
+    assert events(job, "done")[0]["lora_path"] == str(final) and events(job, "done")[0]["steps"] == 6
+    # the stand-in wrote the recorded key layout for SD3.5 Large (no attn2: the checkpoint has none)
+    keys = read_header(final).tensors
+    assert len(keys) == 57 - 6 and not any("attn2" in k for k in keys)
+    seen = json.loads(record.read_text())
+    assert seen["env_offline"] == "1"  # tokenizers cached -> sd-scripts kept off the hub
+    assert (job.logs_dir / "kohya.log").read_bytes().count(b"\r") > 3  # raw output kept, tqdm redraws included
+    command = json.loads((job.work_dir / "command.json").read_text())
+    assert command["argv"][1].endswith("sd3_train_network.py")
+
+
+@pytest.mark.parametrize(
+    ("env", "overrides", "code"),
+    [
+        ({"STANDIN_FAIL": "oom", "STANDIN_FAIL_AT": "2"}, {}, "cuda_oom"),
+        ({"STANDIN_FAIL": "arch"}, {}, "cuda_arch"),
+        ({"STANDIN_FAIL": "model"}, {}, "model_mismatch"),
+        ({"STANDIN_FAIL": "nan", "STANDIN_FAIL_AT": "2"}, {}, "nan_loss"),
+        ({"STANDIN_FAIL": "kill", "STANDIN_FAIL_AT": "2"}, {}, "killed"),
+        ({"STANDIN_FAIL": "bnb_missing"}, {"optimizer": "AdamW8bit"}, "bitsandbytes_missing"),
+        ({"STANDIN_FLAGS_DROP": "console_log_simple"}, {}, "bad_flag"),
+        ({"STANDIN_SCHEMA_DROP": "bucket_no_upscale"}, {}, "dataset_toml_invalid"),
+    ],
+)
+def test_failures_are_diagnosed(kohya_env, monkeypatch, env, overrides, code):
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    job = kohya_env.job(**overrides)
+    with pytest.raises(BackendError) as exc:
+        backend(kohya_env).run(job)
+    assert exc.value.diagnosis == code
+    errors = events(job, "error")
+    assert errors and errors[-1]["diagnosis"] == code and errors[-1]["hint"]
+    assert not events(job, "done")
+
+
+def test_nan_stops_the_trainer_early(kohya_env, monkeypatch):
+    monkeypatch.setenv("STANDIN_FAIL", "nan")
+    monkeypatch.setenv("STANDIN_STEP_S", "0.2")
+    job = kohya_env.job(max_train_steps=40, save_every_n_steps=None)
+    t0 = time.monotonic()
+    with pytest.raises(BackendError) as exc:
+        backend(kohya_env, nan_limit=2).run(job)
+    assert exc.value.diagnosis == "nan_loss"
+    assert time.monotonic() - t0 < 6  # 40 steps would take 8 s
+    assert any(e["loss_is_nan"] for e in events(job, "progress"))
+
+
+def test_no_data_exit_zero_without_lora(kohya_env, monkeypatch, tmp_path):
+    # sd-scripts prints "No data found" and exits 0 without a LoRA; the stand-in replays exactly that
+    log = tmp_path / "nodata.txt"
+    log.write_text("prepare images.\nfound directory /d/2_x contains 0 image files\n"
+                   "No data found. Please verify arguments (train_data_dir must be the parent of folders with "
+                   "images) / 画像がありません。\n", encoding="utf-8")
+    monkeypatch.setenv("STANDIN_REPLAY", str(log))
+    job = kohya_env.job()
+    with pytest.raises(BackendError) as exc:
+        backend(kohya_env).run(job)
+    assert exc.value.diagnosis == "no_data" and "N_<trigger>" in exc.value.hint
+
+
+def test_replayed_real_log_gives_the_recorded_progress(kohya_env, monkeypatch):
+    from conftest import KOHYA_FIXTURES
+
+    monkeypatch.setenv("STANDIN_REPLAY", str(KOHYA_FIXTURES / "run_log.txt"))
+    monkeypatch.setenv("STANDIN_CHUNK_S", "0.001")
+    job = kohya_env.job()
+    with pytest.raises(BackendError) as exc:  # the recorded run wrote its files elsewhere (/srv/...)
+        backend(kohya_env).run(job)
+    assert exc.value.diagnosis == "no_output"
+    progress = events(job, "progress")
+    assert [e["step"] for e in progress] == [0, 1, 2, 3, 4]
+    assert [e["loss"] for e in progress[1:]] == [2.32, 2.36, 2.32, 2.24]
+    assert [e["epoch"] for e in progress[1:]] == [1, 1, 2, 2] and progress[-1]["total_epochs"] == 2
+
+
+def test_cancel_keeps_checkpoints(kohya_env, monkeypatch):
+    monkeypatch.setenv("STANDIN_FAIL", "hang")
+    monkeypatch.setenv("STANDIN_FAIL_AT", "3")
+    job = kohya_env.job()
+    stop = threading.Event()
+
+    def stopper():
+        for _ in range(200):
+            if events(job, "checkpoint"):
+                break
+            time.sleep(0.05)
+        stop.set()
+
+    threading.Thread(target=stopper, daemon=True).start()
+    with pytest.raises(BackendError) as exc:
+        backend(kohya_env, grace_s=1.0).run(job, stop=stop)
+    assert exc.value.diagnosis == "cancelled"
+    assert (job.outputs_dir / "tiny_sd3_lora-step00000002.safetensors").is_file()
+
+
+def test_resume_continues_counting_steps_without_overwriting(kohya_env, monkeypatch):
+    monkeypatch.setenv("STANDIN_FAIL", "kill")
+    monkeypatch.setenv("STANDIN_FAIL_AT", "3")
+    job = kohya_env.job()
+    b = backend(kohya_env)
+    with pytest.raises(BackendError) as exc:
+        b.run(job)
+    assert exc.value.diagnosis == "killed"
+    first = (job.outputs_dir / "tiny_sd3_lora-step00000002.safetensors").read_bytes()
+    monkeypatch.delenv("STANDIN_FAIL")
+    final = b.run(job, resume=True)
+    names = sorted(p.name for p in job.outputs_dir.glob("*.safetensors"))
+    # sd-scripts restarted its counter at 0: its step-2 and step-4 files became our steps 4 and 6
+    assert names == ["tiny_sd3_lora-step00000002.safetensors", "tiny_sd3_lora-step00000004.safetensors",
+                     "tiny_sd3_lora-step00000006.safetensors", "tiny_sd3_lora.safetensors"]
+    assert (job.outputs_dir / "tiny_sd3_lora-step00000002.safetensors").read_bytes() == first
+    assert final.name == "tiny_sd3_lora.safetensors"
+    progress = [e["step"] for e in events(job, "progress")]
+    after = progress[progress.index(max(progress[:3])) + 1:]
+    assert max(progress) == 6 and all(s >= 2 for s in after)
+    assert events(job, "done")[0]["steps"] == 6
+    attempts = json.loads((job.work_dir / "kohya" / "attempts.json").read_text())["attempts"]
+    assert [a["offset"] for a in attempts] == [0, 2] and attempts[1]["resume_from"].endswith("step00000002-state")
+
+
+def test_resume_without_state_is_refused(kohya_env):
+    job = kohya_env.job()
+    with pytest.raises(BackendError) as exc:
+        backend(kohya_env).run(job, resume=True)
+    assert exc.value.diagnosis == "no_state"
+
+
+def test_preflight_reports_blockers(kohya_env):
+    job = kohya_env.job()
+    (kohya_env.models_dir / "clip_g.safetensors").unlink()
+    problems = backend(kohya_env).preflight(job)
+    assert any(p.code == "model_missing" and p.path == "clip_g" for p in problems)

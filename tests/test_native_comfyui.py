@@ -1,0 +1,86 @@
+"""Round trip through a REAL ComfyUI: train a LoRA with the native backend on the very checkpoint the test
+server loads (SAI single file, through our offline loader), install it, render with and without it.
+Marker: comfyui (setup once: `.venv/bin/python tests/comfyui_setup.py`)."""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from comfyui_harness import ComfyServer
+from comfyui_setup import comfy_main, install_dir
+from conftest import COMFY_FIXTURES
+from PIL import Image
+
+from devserver_lora.comfy import ComfyClient, Timeouts
+from devserver_lora.lora_keys import ArchSpec
+from devserver_lora.loras import predict_not_loaded
+from devserver_lora.train.card import load_card
+from devserver_lora.train.jobs import JobStore
+from devserver_lora.train.native import NativeBackend, tiny
+from devserver_lora.train.native.models import ModelSource
+from devserver_lora.train.plan import make_plan
+
+pytestmark = [pytest.mark.comfyui, pytest.mark.slow]
+TIMEOUTS = Timeouts(overall=180, idle=90, connect=5, http=30)
+# Mean absolute difference (0-255 scale) between the renders with and without the LoRA. Rendering the same seed
+# twice gives exactly 0 (ComfyUI on CPU is deterministic); a LoRA that loads and does something moves far more.
+MIN_PIXEL_DIFFERENCE = 1.0
+
+
+def _graph(checkpoint: str, *, lora: str | None, seed: int, prompt: str) -> dict:
+    wf = copy.deepcopy(json.loads((COMFY_FIXTURES / "sd3_lora_workflow_api.json").read_text(encoding="utf-8")))
+    wf["1"]["inputs"]["ckpt_name"] = checkpoint
+    wf["4"]["inputs"]["text"] = prompt
+    wf["7"]["inputs"]["seed"] = seed
+    wf["9"]["inputs"]["filename_prefix"] = "native_roundtrip"
+    if lora is None:
+        del wf["2"]
+        wf["3"]["inputs"]["model"] = ["1", 0]
+        wf["4"]["inputs"]["clip"] = ["1", 1]
+        wf["5"]["inputs"]["clip"] = ["1", 1]
+    else:
+        wf["2"]["inputs"]["lora_name"] = lora
+    return wf
+
+
+async def _render(server: ComfyServer, wf: dict) -> np.ndarray:
+    async with ComfyClient(server.url, timeouts=TIMEOUTS) as client:
+        result = await client.run(wf, output_node="9")
+    return np.asarray(Image.open(io.BytesIO(result.images[0].data)).convert("RGB"), dtype=np.float32)
+
+
+async def test_native_lora_renders_in_real_comfyui_with_zero_key_warnings(
+    comfyui_server: ComfyServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ComfyUI's own tokenizer files: the conditioning we train on is the one ComfyUI computes at render time.
+    monkeypatch.setenv("COMFYUI_DIR", str(comfy_main(install_dir()).parent))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    checkpoint = (comfyui_server.base_dir / "models" / "checkpoints" / comfyui_server.checkpoint_name).resolve()
+    dataset = tiny.write_planted_dataset(tmp_path / "ds", n=4, size=256)
+    plan = make_plan("sd35_medium", "quick_test", dataset, gpu=None, backend="native", output_name="native_magenta",
+                     overrides={"resolution": 256, "max_train_steps": 30, "learning_rate": 2e-3, "network_dim": 8,
+                                "network_alpha": 4})
+    job = JobStore(tmp_path / "jobs").create(plan, card=load_card(dataset / "card.json"))
+    backend = NativeBackend(None, source=ModelSource(checkpoint=checkpoint))
+    assert [p for p in backend.preflight(job) if p.severity == "error"] == []
+    lora = backend.run(job)
+    assert predict_not_loaded(lora, ArchSpec.sd3(2, text_encoders=("clip_l",))) == []
+
+    name = comfyui_server.install_lora(lora, "native_magenta.safetensors")
+    prompt = "mgsq, a magenta square on a plain background"
+    mark = comfyui_server.log_mark()
+    with_lora = await _render(comfyui_server, _graph(comfyui_server.checkpoint_name, lora=name, seed=11, prompt=prompt))
+    log = comfyui_server.console_log(since=mark)
+    assert "lora key not loaded" not in log and "NOT LOADED" not in log, log[-3000:]
+    without = await _render(comfyui_server, _graph(comfyui_server.checkpoint_name, lora=None, seed=11, prompt=prompt))
+    again = await _render(comfyui_server, _graph(comfyui_server.checkpoint_name, lora=None, seed=11, prompt=prompt + " "))
+    assert with_lora.shape == without.shape == (64, 64, 3)
+    assert float(np.abs(again - without).mean()) < MIN_PIXEL_DIFFERENCE / 4 or os.environ.get("CI") is None
+    diff = float(np.abs(with_lora - without).mean())
+    assert diff > MIN_PIXEL_DIFFERENCE, diff

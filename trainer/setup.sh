@@ -1,0 +1,1 @@
+# placeholder: PIN 48d368fa557731ad0488c07304dfeba8c07910eb
