@@ -16,6 +16,7 @@ from .console import run_command
 COMMAND_MODULES: tuple[str, ...] = (
     "devserver_lora.commands.config_cmds",
     "devserver_lora.commands.workflow_cmds",
+    "devserver_lora.commands.comfy_cmds",
 )
 
 

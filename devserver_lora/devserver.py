@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import logging
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -337,11 +337,15 @@ class Stage4Runner:
         seed: int | str | None = None,
         overrides: Mapping[str, Any] | None = None,
         on_event: EventCallback | None = None,
+        on_prepared: Callable[[dict[str, Any]], None] | None = None,
     ) -> Stage4Result:
+        """Prepare, submit and wait. `on_prepared(graph)` sees the final graph before it is submitted."""
         async with ComfyClient(self.comfy_url, timeouts=self.timeouts) as client:
             workflow, chosen, specs, final_prompt, chunk = self.prepare(
                 config_name, prompt, seed=seed, overrides=overrides
             )
+            if on_prepared is not None:
+                on_prepared(workflow)
             output_node = chunk.output_mapping.node_id if chunk.output_mapping else None
             result = await client.run(
                 workflow, on_event=on_event, output_node=output_node, loras_dir=self.loras_dir, arch=self.arch

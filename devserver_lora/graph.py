@@ -27,6 +27,7 @@ __all__ = [
     "derive_node_types",
     "default_node_types",
     "copy_graph",
+    "copy_api_graph",
 ]
 
 UNKNOWN = "*"
@@ -44,12 +45,35 @@ def is_link(value: Any) -> bool:
 def iter_links(graph: Mapping[str, Any]) -> Iterator[tuple[str, str, str, int]]:
     """Yield `(consumer_id, input_name, source_id, output_index)` for every link in the graph."""
     for node_id, node in graph.items():
-        inputs = node.get("inputs") if isinstance(node, Mapping) else None
-        if not isinstance(inputs, Mapping):
+        inputs = node.get("inputs") if type(node) is dict or isinstance(node, Mapping) else None
+        if type(inputs) is not dict and not isinstance(inputs, Mapping):
             continue
         for name, value in inputs.items():
             if is_link(value):
                 yield str(node_id), name, str(value[0]), value[1]
+
+
+def copy_api_graph(graph: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep copy of an API-format graph, specialised for its shape (node -> inputs -> scalar or link)."""
+    out: dict[str, Any] = {}
+    for node_id, node in graph.items():
+        if type(node) is not dict:
+            out[node_id] = copy_graph(node)
+            continue
+        new = {}
+        for key, value in node.items():
+            if key == "inputs" and type(value) is dict:
+                new[key] = {
+                    k: (list(v) if type(v) is list and len(v) == 2 and type(v[1]) is int else copy_graph(v))
+                    if type(v) in (list, dict) else v
+                    for k, v in value.items()
+                }
+            elif type(value) in (dict, list):
+                new[key] = copy_graph(value)
+            else:
+                new[key] = value
+        out[node_id] = new
+    return out
 
 
 def copy_graph(value: Any) -> Any:

@@ -91,16 +91,8 @@ def _types_match(received: Any, expected: Any) -> bool:
     return bool(a & b)
 
 
-def _convert(input_type: Any, val: Any) -> Any:
-    if input_type == "INT":
-        return int(val)
-    if input_type == "FLOAT":
-        return float(val)
-    if input_type == "STRING":
-        return str(val)
-    if input_type == "BOOLEAN":
-        return bool(val)
-    return val
+# ComfyUI converts widget values of these types before checking ranges.
+_CONVERTERS = {"INT": int, "FLOAT": float, "STRING": str, "BOOLEAN": bool}
 
 
 # Parsed input specs of the object_info last validated against. object_info answers are treated
@@ -134,7 +126,9 @@ class _Validator:
             return self.validated[node_id][0]
         self.validated[node_id] = (False, [])  # guards cycles: a node in progress counts as failed
         node = self.graph[node_id]
-        inputs = node.get("inputs") or {}
+        inputs = node.get("inputs")
+        if type(inputs) is not dict:
+            inputs = {}  # ComfyUI would crash on it; reporting every required input as missing teaches more
         confs, order = self.conf(node["class_type"])
         errors: list[dict[str, Any]] = []
         valid = True
@@ -153,7 +147,7 @@ class _Validator:
                 continue
             val = inputs[name]
             info = [input_type, extra]
-            if isinstance(val, list):
+            if type(val) is list:
                 if len(val) != 2:
                     errors.append(
                         {
@@ -166,7 +160,7 @@ class _Validator:
                     continue
                 src_id = str(val[0])
                 src = self.graph.get(src_id)
-                outputs = self.info.get(src.get("class_type"), {}).get("output") if isinstance(src, Mapping) else None
+                outputs = self.info.get(src.get("class_type"), {}).get("output") if type(src) is dict else None
                 if src is None or not isinstance(val[1], int) or outputs is None or not 0 <= val[1] < len(outputs):
                     # ComfyUI raises KeyError/IndexError here; the error lands on this node.
                     exc = f"'{src_id}'" if src is None else "tuple index out of range"
@@ -188,7 +182,7 @@ class _Validator:
                     )
                     return False
                 received = outputs[val[1]]
-                if not _types_match(received, input_type):
+                if received != input_type and not _types_match(received, input_type):
                     errors.append(
                         {
                             "type": "return_type_mismatch",
@@ -206,10 +200,12 @@ class _Validator:
                 if not self.node(src_id, is_output=False):
                     valid = False
                 continue
-            if isinstance(val, dict) and "__value__" in val:
+            if type(val) is dict and "__value__" in val:
                 val = val["__value__"]
             try:
-                val = _convert(input_type, val)
+                convert = _CONVERTERS.get(input_type) if type(input_type) is str else None
+                if convert is not None:
+                    val = convert(val)
             except (TypeError, ValueError, OverflowError) as ex:
                 errors.append(
                     {
@@ -225,9 +221,15 @@ class _Validator:
                     }
                 )
                 continue
-            error = self._range(name, val, info, extra) or self._listed(name, val, input_type, info)
-            if error:
-                errors.append(error)
+            if extra and ("min" in extra or "max" in extra):
+                error = self._range(name, val, info, extra)
+                if error:
+                    errors.append(error)
+                    continue
+            if type(input_type) is list:
+                error = self._listed(name, val, input_type, info)
+                if error:
+                    errors.append(error)
         ok = valid and not errors
         self.validated[node_id] = (ok, errors)
         return ok

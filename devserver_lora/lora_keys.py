@@ -70,6 +70,9 @@ class ArchSpec:
 
 ARCHS: dict[str, ArchSpec] = {
     "sd35_large": ArchSpec.sd3(38, name="sd35_large"),
+    # DevServer's output_image_sd35_large chunk: its encoders read a DualCLIPLoader with clip_g +
+    # t5xxl, so ComfyUI's CLIP has no CLIP-L, and CLIP-G keys are then named lora_te_ (not te2_).
+    "sd35_large_dualclip": ArchSpec.sd3(38, text_encoders=("clip_g", "t5xxl"), name="sd35_large_dualclip"),
     "sd35_medium": ArchSpec.sd3(24, attn2_blocks=range(13), name="sd35_medium"),
     "sd3_medium": ArchSpec.sd3(24, qk_norm=False, name="sd3_medium"),
     "sdxl": ArchSpec(name="sdxl", family="sdxl", text_encoders=("clip_l", "clip_g")),
@@ -336,16 +339,19 @@ def _mmdit_to_diffusers(a: ArchSpec) -> dict[str, Target]:
 def _flux_to_diffusers(a: ArchSpec) -> dict[str, Target]:
     h = a.hidden
     m: dict[str, Target] = {}
-    block = {"attn.to_out.0": "img_attn.proj", "norm1.linear": "img_mod.lin", "norm1_context.linear": "txt_mod.lin",
-             "attn.to_add_out": "txt_attn.proj", "ff.net.0.proj": "img_mlp.0", "ff.net.2": "img_mlp.2",
-             "ff_context.net.0.proj": "txt_mlp.0", "ff_context.net.2": "txt_mlp.2"}
+    block = {"attn.to_out.0": "img_attn.proj.weight", "norm1.linear": "img_mod.lin.weight",
+             "norm1_context.linear": "txt_mod.lin.weight", "attn.to_add_out": "txt_attn.proj.weight",
+             "ff.net.0.proj": "img_mlp.0.weight", "ff.net.2": "img_mlp.2.weight",
+             "ff_context.net.0.proj": "txt_mlp.0.weight", "ff_context.net.2": "txt_mlp.2.weight",
+             "attn.norm_q": "img_attn.norm.query_norm.scale", "attn.norm_k": "img_attn.norm.key_norm.scale",
+             "attn.norm_added_q": "txt_attn.norm.query_norm.scale", "attn.norm_added_k": "txt_attn.norm.key_norm.scale"}
     for i in range(a.depth):
         src, dst = f"transformer_blocks.{i}", f"diffusion_model.double_blocks.{i}"
         for j, q in enumerate("qkv"):
             m[f"{src}.attn.to_{q}"] = (f"{dst}.img_attn.qkv.weight", (0, h * j, h))
             m[f"{src}.attn.add_{q}_proj"] = (f"{dst}.txt_attn.qkv.weight", (0, h * j, h))
         for dif, sgm in block.items():
-            m[f"{src}.{dif}"] = f"{dst}.{sgm}.weight"
+            m[f"{src}.{dif}"] = f"{dst}.{sgm}"
     for i in range(a.single_depth):
         src, dst = f"single_transformer_blocks.{i}", f"diffusion_model.single_blocks.{i}"
         for j, q in enumerate("qkv"):
@@ -353,6 +359,8 @@ def _flux_to_diffusers(a: ArchSpec) -> dict[str, Target]:
         m[f"{src}.proj_mlp"] = (f"{dst}.linear1.weight", (0, h * 3, h * 4))
         m[f"{src}.norm.linear"] = f"{dst}.modulation.lin.weight"
         m[f"{src}.proj_out"] = f"{dst}.linear2.weight"
+        m[f"{src}.attn.norm_q"] = f"{dst}.norm.query_norm.scale"
+        m[f"{src}.attn.norm_k"] = f"{dst}.norm.key_norm.scale"
     for sgm, dif in (("final_layer.linear", "proj_out"), ("img_in", "x_embedder"),
                      ("time_in.in_layer", "time_text_embed.timestep_embedder.linear_1"),
                      ("time_in.out_layer", "time_text_embed.timestep_embedder.linear_2"),

@@ -17,12 +17,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import WorkflowError
-from .graph import EdgeIndex, NodeTypes, copy_graph, default_node_types
+from .graph import EdgeIndex, NodeTypes, copy_api_graph, default_node_types
 from .lora_spec import LoraSpec
 
 __all__ = [
     "ModelSource",
+    "clip_text_encoders",
     "find_model_sources",
+    "set_field",
     "inject_loras",
     "lora_title",
 ]
@@ -62,15 +64,15 @@ def _chain_after(index: EdgeIndex, start: tuple[str, int], type_name: str, input
     path = [start]
     seen = {start[0]}
     while True:
-        loaders = [
-            c
-            for c, name in index.consumers.get(path[-1], ())
-            if name == input_name and _is_lora_loader(index, c) and c not in seen
-        ]
-        if len(loaders) != 1:
-            # Zero: the chain ends here. Several: branches we must not guess between.
+        users = index.consumers.get(path[-1], ())
+        # A chain continues only through a LoRA loader that is the output's sole reader. If other
+        # nodes read the output directly (DevServer's own injector leaves the text encoders on the
+        # CLIP loader), the loader is a side branch: attaching after it would bypass those readers.
+        if len(users) != 1:
             return path
-        nxt = loaders[0]
+        nxt, name = users[0]
+        if name != input_name or not _is_lora_loader(index, nxt) or nxt in seen:
+            return path
         outs = index.outputs_of_type(nxt, type_name)
         if not outs:
             return path
@@ -78,24 +80,24 @@ def _chain_after(index: EdgeIndex, start: tuple[str, int], type_name: str, input
         path.append((nxt, outs[0]))
 
 
-def _roots(index: EdgeIndex, type_name: str) -> list[tuple[str, int]]:
-    """Outputs of `type_name` on nodes that take no input of that type (loaders), in id order.
+def _roots(index: EdgeIndex) -> dict[str, list[tuple[str, int]]]:
+    """MODEL and CLIP outputs of nodes that take no input of that type (loaders), in id order.
 
-    Injection never changes this set (it only adds LoRA loaders, which are never roots), so it
-    is computed once per call.
+    Injection never changes these sets (it only adds LoRA loaders, which are never roots), so
+    they are computed once per call, in one pass over the graph.
     """
-    roots = []
+    roots: dict[str, list[tuple[str, int]]] = {MODEL: [], CLIP: []}
     for node_id in sorted(index.graph, key=_id_sort_key):
-        outs = index.outputs_of_type(node_id, type_name)
-        if not outs or _is_lora_loader(index, node_id) or index.consumes_type(node_id, type_name):
-            continue
-        roots += [(node_id, out) for out in outs]
+        for type_name, found in roots.items():
+            outs = index.outputs_of_type(node_id, type_name)
+            if outs and not _is_lora_loader(index, node_id) and not index.consumes_type(node_id, type_name):
+                found += [(node_id, out) for out in outs]
     return roots
 
 
 def _model_sources(index: EdgeIndex, roots: list[tuple[str, int]] | None = None) -> list[ModelSource]:
     sources = []
-    for node_id, out in _roots(index, MODEL) if roots is None else roots:
+    for node_id, out in _roots(index)[MODEL] if roots is None else roots:
         if not index.consumers.get((node_id, out)):
             continue  # a loader whose MODEL nobody reads is not a source of anything
         chain = _chain_after(index, (node_id, out), MODEL, "model")
@@ -109,8 +111,13 @@ def find_model_sources(workflow: Mapping[str, Any], *, types: NodeTypes | None =
     return _model_sources(EdgeIndex(graph, types or default_node_types()))
 
 
+def _is_number(node_id: str) -> bool:
+    # ASCII only: "²".isdigit() is true but int("²") fails, and ids are hostile input.
+    return node_id.isascii() and node_id.isdigit()
+
+
 def _id_sort_key(node_id: str) -> tuple[int, int, str]:
-    return (0, int(node_id), "") if node_id.isdigit() else (1, 0, node_id)
+    return (0, int(node_id), "") if _is_number(node_id) else (1, 0, node_id)
 
 
 def _reach(index: EdgeIndex, start: tuple[str, int], follow: frozenset[str] | None) -> set[str]:
@@ -200,7 +207,7 @@ class _Ids:
 
     def __init__(self, graph: Mapping[str, Any]) -> None:
         self._graph = graph
-        numeric = [int(k) for k in graph if k.isdigit()]
+        numeric = [int(k) for k in graph if _is_number(k)]
         self._next = max(numeric, default=0) + 1
 
     def take(self) -> str:
@@ -218,6 +225,22 @@ def _existing(index: EdgeIndex, ids: Sequence[str], name: str) -> str | None:
     return None
 
 
+def _check_same_strengths(index: EdgeIndex, node_id: str, spec: LoraSpec) -> None:
+    """A file already in the chain counts as applied only if at the strengths asked for."""
+    inputs = index.graph[node_id].get("inputs", {})
+    have = (inputs.get("strength_model"), inputs.get("strength_clip", spec.clip_strength))
+    want = (spec.strength_model, spec.clip_strength)
+    if have != want and not (
+        isinstance(have[0], (int, float)) and isinstance(have[1], (int, float))
+        and abs(have[0] - want[0]) < 1e-9 and abs(have[1] - want[1]) < 1e-9
+    ):
+        raise WorkflowError(
+            f"LoRA '{spec.name}' is already applied by node '{node_id}' ({index.class_of(node_id)}) at strength "
+            f"{have[0]}/{have[1]}, but {want[0]:g}/{want[1]:g} is asked for",
+            hint="remove the LoRA from the chunk's workflow, or give the config the same strengths",
+        )
+
+
 class _State:
     """Model sources and their CLIP ends, analysed once per call and kept current after each LoRA.
 
@@ -228,8 +251,9 @@ class _State:
 
     def __init__(self, index: EdgeIndex) -> None:
         self.index = index
-        self.clip_roots = _roots(index, CLIP)
-        self.sources = _model_sources(index, _roots(index, MODEL))
+        roots = _roots(index)
+        self.clip_roots = roots[CLIP]
+        self.sources = _model_sources(index, roots[MODEL])
         self._clip: dict[str, tuple[str, int] | None] = {}
 
     def clip_for(self, source: ModelSource) -> tuple[str, int] | None:
@@ -259,7 +283,9 @@ def _inject_one(
             hint="use an output chunk whose workflow loads a checkpoint or diffusion model (CheckpointLoaderSimple, UNETLoader)",
         )
     source = _pick_source(state.sources, spec, index)
-    if _existing(index, source.chain, spec.name) is not None:
+    present = _existing(index, source.chain, spec.name)
+    if present is not None:
+        _check_same_strengths(index, present, spec)
         return  # already applied (by an earlier call or by the chunk itself): never twice
     clip_end = state.clip_for(source) if _has_text_encoder(spec, lora_info) else None
     if clip_end is not None and _existing(index, [n for n, _ in _chain_of(index, clip_end)], spec.name):
@@ -287,15 +313,34 @@ def _inject_one(
             "inputs": inputs | {"lora_name": spec.name, "strength_model": spec.strength_model},
         }
     node["_meta"] = {"title": lora_title(spec.name)}
-    # Collect consumers before adding the node, so the new node itself is not rewired.
-    model_users = list(index.consumers.get(model_end, ()))
-    clip_users = list(index.consumers.get(clip_end, ())) if clip_end is not None else []
+    # Collect consumers before adding the node, so the new node itself is not rewired; and never
+    # rewire a node the new one depends on (a half-wired LoRA loader reading the CLIP while its
+    # MODEL feeds ours), which would close a cycle.
+    upstream = _ancestors(index, [model_end[0]] + ([clip_end[0]] if clip_end is not None else []))
+    model_users = [u for u in index.consumers.get(model_end, ()) if u[0] not in upstream]
+    clip_users = [u for u in index.consumers.get(clip_end, ()) if u[0] not in upstream] if clip_end is not None else []
     index.add_node(new_id, node)
     for consumer, name in model_users:
         index.relink(consumer, name, new_id, 0)
     for consumer, name in clip_users:
         index.relink(consumer, name, new_id, 1)
     state.attached(source, new_id, clip_end)
+
+
+def _ancestors(index: EdgeIndex, starts: list[str]) -> set[str]:
+    """The given nodes and every node they read from, transitively."""
+    seen: set[str] = set()
+    stack = list(starts)
+    graph = index.graph
+    while stack:
+        node = stack.pop()
+        if node in seen or node not in graph:
+            continue
+        seen.add(node)
+        for value in graph[node].get("inputs", {}).values():
+            if type(value) is list and len(value) == 2:
+                stack.append(str(value[0]))
+    return seen
 
 
 def _chain_of(index: EdgeIndex, end: tuple[str, int]) -> list[tuple[str, int]]:
@@ -333,7 +378,10 @@ def inject_loras(
     """
     if not isinstance(workflow, Mapping):
         raise WorkflowError(f"a workflow must be a JSON object of nodes, not {type(workflow).__name__}")
-    graph: dict[str, Any] = copy_graph(dict(workflow))
+    if not all(type(k) is str for k in workflow):
+        # JSON object keys are strings; a Python caller's int ids are normalised the same way.
+        workflow = {str(k): v for k, v in workflow.items()}
+    graph: dict[str, Any] = copy_api_graph(workflow)
     for node_id, node in graph.items():
         if not isinstance(node, dict) or not isinstance(node.get("inputs", {}), dict):
             raise WorkflowError(
@@ -372,3 +420,43 @@ def set_field(workflow: dict[str, Any], node_id: str, field: str, value: Any) ->
                 hint="fix the chunk's input_mappings field (usually 'inputs.<name>')",
             )
     holder[parts[-1]] = value
+
+
+_ENCODER_NAMES = (("clip_l", ("clip_l", "clip-l", "clipl", "clip_vit_l")), ("clip_g", ("clip_g", "clip-g", "clipg", "bigg")),
+                  ("t5xxl", ("t5",)))
+
+
+def _encoder_of(file_name: str) -> str | None:
+    low = file_name.casefold().rsplit("/", 1)[-1]
+    if "umt5" in low:
+        return None  # Wan's UMT5 is not the T5-XXL of SD3/FLUX: ComfyUI maps it differently
+    found = [enc for enc, marks in _ENCODER_NAMES if any(m in low for m in marks)]
+    return found[0] if len(found) == 1 else None
+
+
+def clip_text_encoders(workflow: Mapping[str, Any], node_id: str) -> tuple[str, ...] | None:
+    """The text encoders in the CLIP that node `node_id` (e.g. an injected LoraLoader) patches.
+
+    ComfyUI maps text-encoder LoRA keys by the encoders the CLIP object holds (DESIGN.md section 3:
+    with no CLIP-L, CLIP-G keys are named lora_te_, not lora_te2_), so a coverage check must know
+    them. Walks back through CLIP pass-through nodes to the loader; Dual/Triple/CLIPLoader files are
+    recognised by name (clip_l / clip_g / t5...). None when unsure (a checkpoint's own CLIP, or a
+    file name that says nothing): then check against the full architecture.
+    """
+    seen: set[str] = set()
+    link = (workflow.get(node_id) or {}).get("inputs", {}).get("clip")
+    while isinstance(link, list) and len(link) == 2:
+        src = str(link[0])
+        node = workflow.get(src)
+        if not isinstance(node, Mapping) or src in seen:
+            return None
+        seen.add(src)
+        inputs = node.get("inputs") or {}
+        names = [v for k, v in sorted(inputs.items()) if k.startswith("clip_name") and isinstance(v, str)]
+        if names and node.get("class_type") in ("CLIPLoader", "DualCLIPLoader", "TripleCLIPLoader", "QuadrupleCLIPLoader"):
+            encoders = [_encoder_of(n) for n in names]
+            if None in encoders:
+                return None
+            return tuple(e for e, _ in _ENCODER_NAMES if e in encoders)
+        link = inputs.get("clip")  # CLIPSetLastLayer, LoRA loaders, ...: follow their CLIP input
+    return None

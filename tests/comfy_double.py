@@ -68,6 +68,7 @@ class Faults:
     fail_node: str | None = None  # node id that raises (recorded AssertionError)
     step_delay: float = 0.0  # seconds per sampler step (lets tests interrupt mid-run)
     drop_http_after_submit: bool = False  # server dies right after accepting a prompt (killed server)
+    previews: bool = False  # send a preview frame (type 4, JSON metadata + JPEG) before each sampler step's progress
 
 
 def _is_link(value: Any) -> bool:
@@ -226,6 +227,14 @@ class ComfyDouble:
         return web.json_response(_fixture("features.json"))
 
     def _live_object_info(self) -> dict:
+        """object_info with the combo lists of model inputs filled from `self.models` (cached per models state)."""
+        key = json.dumps(self.models, sort_keys=True)
+        if getattr(self, "_live_key", None) != key:
+            self._live_info = self._build_live_object_info()
+            self._live_key = key
+        return self._live_info
+
+    def _build_live_object_info(self) -> dict:
         info = copy.deepcopy(self.object_info)
         for node in info.values():
             for section in ("required", "optional"):
@@ -241,6 +250,7 @@ class ComfyDouble:
         cls = request.match_info["cls"]
         info = self._live_object_info()
         return web.json_response({cls: info[cls]} if cls in info else {})
+
 
     async def _models_all(self, request: web.Request) -> web.Response:
         return web.json_response(_fixture("models.json"))
@@ -514,6 +524,19 @@ class ComfyDouble:
             if limit is not None and self._frames[target_sid] >= limit and request.transport is not None:
                 request.transport.abort()  # an abrupt drop, no close frame
 
+    async def _send_preview(self, sid: str | None, pid: str, nid: str) -> None:
+        """PREVIEW_IMAGE_WITH_METADATA as server.py packs it: type 4, metadata length, metadata JSON, JPEG."""
+        meta = {"node_id": nid, "prompt_id": pid, "display_node_id": nid, "parent_node_id": None, "real_node_id": nid}
+        meta["image_type"] = "image/jpeg"
+        buf = io.BytesIO()
+        Image.new("RGB", (8, 8), (200, 30, 30)).save(buf, format="JPEG")
+        blob = json.dumps(meta).encode()
+        frame = (4).to_bytes(4, "big") + len(blob).to_bytes(4, "big") + blob + buf.getvalue()
+        targets = [self.sockets[sid]] if sid in self.sockets else []
+        for ws, _ in targets:
+            if not ws.closed:
+                await ws.send_bytes(frame)
+
     async def _status(self) -> None:
         await self._send(None, "status", {"status": self._exec_info()})
 
@@ -674,6 +697,8 @@ class ComfyDouble:
                     if self._interrupt:
                         failure = ("execution_interrupted", nid)
                         break
+                    if self.faults.previews:
+                        await self._send_preview(sid, pid, nid)
                     states[nid] = state(nid, step, steps, "running")
                     await progress_state()
                     await self._send(sid, "progress", {"value": step, "max": steps, "prompt_id": pid, "node": nid})

@@ -269,3 +269,57 @@ async def test_bad_url_and_non_comfy_server(double: ComfyDouble) -> None:
     async with ComfyClient(double.url + "/not-comfy", timeouts=FAST) as client:
         with pytest.raises(ComfyProtocolError):
             await client.run(sd3_workflow(), check_loras=False)
+
+
+async def test_lora_that_does_not_fit_is_refused_before_submission(double: ComfyDouble) -> None:
+    from conftest import COMFY_FIXTURES
+
+    from devserver_lora.errors import LoraFileError
+
+    loras = COMFY_FIXTURES / "loras"
+    async with ComfyClient(double.url, timeouts=FAST) as client:
+        with pytest.raises(LoraFileError) as info:
+            await client.run(sd3_workflow(lora="tiny_sd3_bad_keys.safetensors"), loras_dir=loras, arch="sd3:2:te=clip_l")
+        ok = await client.run(sd3_workflow(lora="tiny_sd3_kohya.safetensors"), loras_dir=loras, arch="sd3:2:te=clip_l")
+    assert "lora key not loaded: lora_unet_joint_blocks_0_x_block_attn_qkvv.alpha" in str(info.value)
+    assert "does not fit the model" in str(info.value) and info.value.hint
+    assert ok.images and len(double.submissions) == 1  # only the good one was submitted
+
+
+def test_sync_facade_from_many_worker_threads(double: ComfyDouble) -> None:
+    """DevServer calls from Waitress worker threads: each call gets its own private loop; results never mix."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from devserver_lora.comfy import ComfySync
+
+    sync = ComfySync(double.url, timeouts=FAST)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda s: (s, sync.run(sd3_workflow(seed=s))), range(6)))
+    for seed, result in results:
+        assert embedded_graph(result.images[0].data)["7"]["inputs"]["seed"] == seed
+    assert "tiny_sd3_kohya.safetensors" in sync.loras() and sync.history("nope") is None
+
+
+async def test_previews_reach_only_their_prompt(double: ComfyDouble) -> None:
+    double.faults.previews = True
+    got: list[ev.Event] = []
+    async with ComfyClient(double.url, timeouts=FAST) as client:
+        result = await client.run(sd3_workflow(steps=3), on_event=got.append)
+    previews = [e for e in got if isinstance(e, ev.Preview)]
+    assert len(previews) == 3 and {p.node for p in previews} == {"7"}
+    assert all(p.prompt_id == result.prompt_id and p.data[:2] == b"\xff\xd8" for p in previews)
+
+
+async def test_timed_out_prompt_is_interrupted_not_left_running(double: ComfyDouble) -> None:
+    double.faults.step_delay = 0.05
+    quick = Timeouts(overall=0.5, idle=10, connect=2, http=5)
+    async with ComfyClient(double.url, timeouts=quick) as client:
+        with pytest.raises(ComfyTimeout):
+            await client.run(sd3_workflow(steps=200), prompt_id="abandoned")
+        for _ in range(100):  # bounded wait for the double to finish the interrupted prompt
+            entry = await client.history("abandoned")
+            if entry is not None:
+                break
+            await asyncio.sleep(0.05)
+    assert entry is not None and entry.failure() is not None  # interrupted, not rendered to the end
+    assert ("POST", "/interrupt") in double.requests

@@ -17,13 +17,14 @@ from PIL import Image
 
 from devserver_lora.comfy import ComfyClient, ComfySync, Timeouts
 from devserver_lora.comfy import events as ev
-from devserver_lora.errors import ComfyInterrupted, ComfyValidationError
+from devserver_lora.errors import ComfyInterrupted, ComfyValidationError, LoraFileError
 from devserver_lora.lora_spec import LoraSpec
 from devserver_lora.workflow import inject_loras
 
 pytestmark = pytest.mark.comfyui
 
 TIMEOUTS = Timeouts(overall=120, idle=60, connect=5, http=30)
+TINY_ARCH = "sd3:2:te=clip_l"  # devserver_lora.loras spec of the tiny checkpoint (depth 2, CLIP-L only)
 
 
 def tiny_sd35_graph(checkpoint: str, *, seed: int = 1, steps: int = 3, prompt: str = "a yoruba adire cloth") -> dict:
@@ -56,7 +57,12 @@ async def test_render_with_kohya_lora(comfyui_server: ComfyServer) -> None:
     events: list[ev.Event] = []
     async with ComfyClient(comfyui_server.url, timeouts=TIMEOUTS) as client:
         result = await client.run(
-            wf, prompt_id="real-render-1", on_event=events.append, output_node="4", loras_dir=comfyui_server.loras_dir
+            wf,
+            prompt_id="real-render-1",
+            on_event=events.append,
+            output_node="4",
+            loras_dir=comfyui_server.loras_dir,
+            arch=TINY_ARCH,
         )
     assert result.prompt_id == "real-render-1" and result.used_websocket
     assert len(result.images) == 1
@@ -81,7 +87,16 @@ async def test_bad_keys_lora_does_log_the_warning(comfyui_server: ComfyServer) -
         result = await client.run(wf)
     assert result.images  # the API reports success...
     await asyncio.sleep(0.2)
-    assert "lora key not loaded" in comfyui_server.console_log(since=mark)  # ...only the console knows
+    log = comfyui_server.console_log(since=mark)
+    assert "lora key not loaded" in log  # ...only the console knows
+    # Our preflight predicts exactly those lines, and refuses the LoRA before submission.
+    logged = [ln.strip() for ln in log.splitlines() if "lora key not loaded" in ln or "NOT LOADED" in ln]
+    with pytest.raises(LoraFileError) as info:
+        async with ComfyClient(comfyui_server.url, timeouts=TIMEOUTS) as client:
+            await client.run(wf, loras_dir=comfyui_server.loras_dir, arch=TINY_ARCH)
+    for line in logged:
+        assert line in str(info.value) or f"{len(logged)} of its keys" in str(info.value)
+    assert f"skip {len(logged)} of its keys" in str(info.value)
 
 
 async def test_missing_lora_is_a_typed_validation_error(comfyui_server: ComfyServer) -> None:

@@ -239,3 +239,77 @@ def test_zip_junk_and_nested_folder(tmp_path):
         zf.writestr("my_photos/.DS_Store", b"junk")
     with open_source(archive) as s:
         assert s.kind == "zip" and [i.source for i in s.items] == [f"img_{i:03d}.jpg" for i in range(4)]
+
+
+def test_pillow_bomb_limits(tmp_path):
+    """Above Pillow's pixel limit: a warning (the image is scaled down); above twice it: an error."""
+    from datasets import forged_bomb_png, jpeg_bytes, pattern_image
+
+    folder = tmp_path / "src"
+    folder.mkdir()
+    (folder / "huge.png").write_bytes(forged_bomb_png(10000, 10000))  # 1e8 px: between 1x and 2x the limit
+    (folder / "bomb.png").write_bytes(forged_bomb_png(20000, 20000))
+    (folder / "fine.jpg").write_bytes(jpeg_bytes(pattern_image(1, (128, 128))))
+    (folder / "fine.txt").write_text("a pattern", encoding="utf-8")
+    with open_source(folder) as s:
+        report = run_checks(s, CheckOptions(resolution=128, workers=1))
+    got = findings(report)
+    assert ("very_large_image", "huge.png") in got and ("decompression_bomb", "bomb.png") in got
+    # The forged file has no pixel data, so decoding it fails as well; nothing about the good image.
+    assert {f for c, f in got} == {"huge.png", "bomb.png"}
+
+
+def test_metadata_jsonl_findings_name_the_image(tmp_path):
+    planted = ("caption_empty", "caption_too_long", "trigger_missing", "caption_missing", "cmyk", "truncated")
+    folder = make_image_folder(tmp_path / "src", 6, planted=planted)
+    jl = as_jsonl(folder, tmp_path / "jl", spelling=("file", "prompt"))
+    with open_source(jl) as s:
+        report = run_checks(s, OPTS)
+    expected = {(code, f"images/{PLANTED[k][0]}") for k in planted for code in PLANTED[k][1]}
+    assert findings(report) == expected
+
+
+def test_caption_cleaning_is_idempotent():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.text(max_size=80), st.sampled_from(["adire", "ọ̀ṣọ́", "my style"]))
+    def check(text, trigger):
+        once = decode_caption(text.encode("utf-8"))
+        assert decode_caption(once.encode("utf-8")) == once
+        assert "\n" not in once
+        with_trigger = add_trigger(once, trigger)
+        assert add_trigger(with_trigger, trigger) == with_trigger and has_trigger(with_trigger, trigger)
+        assert estimate_clip_tokens(with_trigger) >= 2
+
+    check()
+
+
+def test_zip_extraction_never_writes_outside_its_folder(tmp_path):
+    """Property: for any member names, extraction either refuses or writes only inside the target."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    part = st.sampled_from(["..", ".", "", "a", "b.png", "C:", "~", "\\..", "a\\b", "/", "x y"])
+    names = st.lists(st.lists(part, min_size=1, max_size=4).map("/".join), min_size=1, max_size=4, unique=True)
+    counter = iter(range(10**6))
+
+    @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(names)
+    def check(members):
+        case = tmp_path / f"case{next(counter)}"
+        (case / "outside").mkdir(parents=True)
+        archive = zip_with_members(case / "a.zip", {m: b"data" for m in members})
+        target = case / "outside" / "target"
+        try:
+            written = safe_extract(archive, target)
+        except DatasetError:
+            assert not target.exists()
+        else:
+            for name in written:
+                assert (target / name).resolve().is_relative_to(target.resolve())
+        stray = [p for p in case.rglob("*") if p.is_file() and target not in p.parents and p.name != "a.zip"]
+        assert stray == []
+
+    check()

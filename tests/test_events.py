@@ -59,3 +59,8 @@ def test_malformed_events_raise_job_error(data):
     with pytest.raises(JobError) as exc:
         parse_event(data)
     assert "known types" in str(exc.value)
+
+
+def test_log_levels_accept_logging_spellings():
+    assert LogEvent(level="WARNING", message="x").level == "warning"
+    assert LogEvent(level="critical", message="x").level == "error"

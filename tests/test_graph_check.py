@@ -158,6 +158,7 @@ def test_dependent_outputs_and_several_nodes(object_info: dict) -> None:
 def test_empty_and_non_graph(object_info: dict) -> None:
     assert [p.code for p in validate_graph({}, object_info)] == ["prompt_no_outputs"]
     assert [p.code for p in validate_graph([], object_info)] == ["no_prompt"]  # type: ignore[arg-type]
+    assert comfy_response(validate_graph(None, object_info)) == _recorded("no_prompt")  # type: ignore[arg-type]
     g = {"1": {"inputs": {}}}
     [p] = validate_graph(g, object_info)
     assert p.code == "invalid_prompt" and "missing the class_type" in p.message

@@ -131,3 +131,26 @@ def test_create_requires_a_card(tmp_path, plan_and_dataset):
     plan, _ = plan_and_dataset
     with pytest.raises(JobError, match="dataset card"):
         JobStore(tmp_path).create(plan, card=None)
+
+
+def test_state_updates_from_two_processes_are_not_lost(tmp_path, plan_and_dataset):
+    """The runner and its detached worker both update job.json: every key written must survive."""
+    import multiprocessing
+
+    plan, _ = plan_and_dataset
+    job = JobStore(tmp_path).create(plan, card=DatasetCard(**CARD))
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_update_many, args=(str(tmp_path), job.id, k)) for k in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+        assert p.exitcode == 0
+    info = job.info
+    assert all(f"k{k}_{i}" in info for k in range(2) for i in range(20))
+
+
+def _update_many(root: str, job_id: str, k: int) -> None:
+    job = JobStore(root).get(job_id)
+    for i in range(20):
+        job.set_state("running", **{f"k{k}_{i}": i})

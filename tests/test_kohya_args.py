@@ -10,14 +10,16 @@ from types import SimpleNamespace
 
 import pytest
 import voluptuous
-
 from conftest import KOHYA_FIXTURES
+from kohya_standin import fixtures as standin_fixtures
+from kohya_standin.build import HERE as STANDIN_DIR
+
 from devserver_lora.errors import DatasetError
 from devserver_lora.train.kohya import args as kargs
 from devserver_lora.train.kohya.flags import SD3_IGNORED_FLAGS, check_dataset_config, sd3_flags
 from devserver_lora.train.kohya.models import find_model_files
-from kohya_standin.build import HERE as STANDIN_DIR
-from kohya_standin.fixtures import kohya_env  # noqa: F401 - pytest fixture
+
+kohya_env = standin_fixtures.kohya_env  # the shared pytest fixture
 
 
 def recorded_flags() -> dict[str, dict]:
@@ -98,7 +100,9 @@ def test_resume_and_accelerate_argv(kohya_env):
         output_dir=job.work_dir / "out", logging_dir=job.logs_dir, tokenizer_cache_dir=None,
         resume_state=Path("/x/tiny-000001-state"), num_processes=2, write=False,
     )
-    assert cmd.argv[:5] == ["/venv/bin/python", "-m", "accelerate.commands.launch", "--num_processes", "2"]
+    assert cmd.argv[:6] == ["/venv/bin/python", "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+                            "2"]
+    assert cmd.argv[cmd.argv.index("--num_cpu_threads_per_process") + 2].endswith("sd3_train_network.py")
     assert cmd.argv[cmd.argv.index("--resume") + 1] == "/x/tiny-000001-state"
     assert not cmd.config_toml.exists()
 

@@ -7,12 +7,14 @@ import threading
 import time
 
 import pytest
+from kohya_standin import fixtures as standin_fixtures
 
 from devserver_lora.errors import BackendError
 from devserver_lora.train.backends import Backend, get_backend
 from devserver_lora.train.kohya.backend import KohyaBackend
 from devserver_lora.train.safetensors_meta import read_header
-from kohya_standin.fixtures import kohya_env  # noqa: F401 - pytest fixture
+
+kohya_env = standin_fixtures.kohya_env  # the shared pytest fixture
 
 
 def backend(env, **kw) -> KohyaBackend:
@@ -179,3 +181,13 @@ def test_preflight_reports_blockers(kohya_env):
     (kohya_env.models_dir / "clip_g.safetensors").unlink()
     problems = backend(kohya_env).preflight(job)
     assert any(p.code == "model_missing" and p.path == "clip_g" for p in problems)
+
+
+def test_auto_falls_back_to_native_without_kohya(tmp_path, monkeypatch):
+    from devserver_lora.train.settings import load_settings
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("KOHYA_DIR", raising=False)
+    settings = load_settings(home=tmp_path)
+    assert get_backend("auto", settings).name == "native"
+    assert get_backend("auto", settings, kohya_dir=tmp_path / "missing", num_processes=2).name == "native"

@@ -6,8 +6,8 @@ import signal
 from types import SimpleNamespace
 
 import pytest
-
 from conftest import KOHYA_FIXTURES
+
 from devserver_lora.train.kohya import progress as kp
 from devserver_lora.train.kohya.diagnose import Watcher, diagnose, lower_memory_hint
 

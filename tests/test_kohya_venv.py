@@ -6,13 +6,15 @@ import json
 import shutil
 
 import pytest
+from kohya_standin import fixtures as standin_fixtures
+from kohya_standin.build import PINNED, clip_keys, mmdit_keys, write_safetensors
 
 from devserver_lora.errors import BackendError
 from devserver_lora.train.cli import main as train_main
 from devserver_lora.train.kohya import models as km
 from devserver_lora.train.kohya import venv as kv
-from kohya_standin.build import PINNED, clip_keys, mmdit_keys, write_safetensors
-from kohya_standin.fixtures import kohya_env  # noqa: F401 - pytest fixture
+
+kohya_env = standin_fixtures.kohya_env  # the shared pytest fixture
 
 
 def test_pinned_commit_matches_the_stand_in_and_setup_script():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import struct
 from pathlib import Path
@@ -125,6 +126,20 @@ def test_real_kohya_output_predicts_nothing_against_its_model() -> None:
     lines = predict_not_loaded(with_te, RECORDED)
     assert sum("attn2" in line for line in lines) == 6 and sum("lora_te2_" in line for line in lines) == 576
     assert not any("lora_te1_" in line for line in lines)
+
+
+def test_text_encoder_lora_on_devserver_dualclip_chunk_loses_its_text_encoder_keys() -> None:
+    """DevServer's SD3.5 chunk feeds the encoders from DualCLIPLoader(clip_g, t5xxl): no CLIP-L, and with
+    CLIP-L absent ComfyUI names CLIP-G keys lora_te_, so Kohya's lora_te1_/lora_te2_ keys all miss."""
+    _, with_te = (describe_lora(t, m) for t, m in _kohya_listing())
+    dual = ArchSpec.sd3(2, attn2_blocks=(0,), text_encoders=("clip_g", "t5xxl"))
+    lines = predict_not_loaded(with_te, dual)
+    assert len(lines) == 216 + 576
+    assert {line.split(": ")[1][:9] for line in lines} == {"lora_te1_", "lora_te2_"}
+    assert ARCHS["sd35_large_dualclip"].text_encoders == ("clip_g", "t5xxl")
+    # A CLIP-G key spelled the way ComfyUI maps it without CLIP-L does load there.
+    solo = describe_lora(_lora_tensors(["lora_te_text_model_encoder_layers_0_mlp_fc1"], width=1280))
+    assert predict_not_loaded(solo, "sd35_large_dualclip") == []
 
 
 def test_kohya_sd35_keys_on_the_big_models() -> None:
@@ -290,6 +305,10 @@ def test_missing_file_and_folder(tmp_path: Path) -> None:
         inspect_lora(tmp_path / "gone.safetensors")
     with pytest.raises(LoraFileError, match="folder"):
         inspect_lora(tmp_path)
+    fifo = tmp_path / "pipe.safetensors"
+    os.mkfifo(fifo)
+    with pytest.raises(LoraFileError, match="not a regular file"):
+        inspect_lora(fifo)  # must not block waiting for a writer
 
 
 @settings(max_examples=150, deadline=None)

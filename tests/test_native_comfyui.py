@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import io
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +80,9 @@ async def test_native_lora_renders_in_real_comfyui_with_zero_key_warnings(
     without = await _render(comfyui_server, _graph(comfyui_server.checkpoint_name, lora=None, seed=11, prompt=prompt))
     again = await _render(comfyui_server, _graph(comfyui_server.checkpoint_name, lora=None, seed=11, prompt=prompt + " "))
     assert with_lora.shape == without.shape == (64, 64, 3)
-    assert float(np.abs(again - without).mean()) < MIN_PIXEL_DIFFERENCE / 4 or os.environ.get("CI") is None
+    # Control: the same render re-executed (a trailing space defeats ComfyUI's cache, not the tokens) is the same image.
+    noise_floor = float(np.abs(again - without).mean())
     diff = float(np.abs(with_lora - without).mean())
+    print(f"mean abs pixel difference: with/without LoRA {diff:.2f}, control {noise_floor:.2f}")
+    assert noise_floor < MIN_PIXEL_DIFFERENCE / 4, noise_floor
     assert diff > MIN_PIXEL_DIFFERENCE, diff

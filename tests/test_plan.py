@@ -137,6 +137,24 @@ def test_backend_support():
     codes = {p.code for p in check_backend_support(h, "native")}
     assert codes == {"unsupported_optimizer", "unsupported_scheduler"}
     assert check_backend_support(h, "kohya") == []
+    te = Hyperparameters(train_text_encoder=True)
+    assert [p.code for p in check_backend_support(te, "native")] == ["unsupported_text_encoder_training"]
+
+
+def test_native_backend_limits_are_refused_at_plan_time(ds):
+    with pytest.raises(PlanError, match="native backend cannot train Stable Diffusion XL"):
+        make_plan("sdxl", "atelier", ds, gpu=gpu_from_vram(24), backend="native")
+    plan = make_plan("sd35_medium", "atelier", ds, gpu=gpu_from_vram(24), backend="native")
+    assert not plan.memory.fp8_base and plan.memory.blocks_to_swap == 0 and plan.backend == "native"
+    # At 16 GB the kohya backend fits (fp8 base) but the native one does not, and says what would.
+    assert make_plan("sd35_medium", "atelier", ds, gpu=gpu_from_vram(16)).memory.fp8_base
+    with pytest.raises(PlanError) as exc:
+        make_plan("sd35_medium", "atelier", ds, gpu=gpu_from_vram(16), backend="native")
+    assert "--set resolution=768" in str(exc.value)
+    # ... and the suggestion holds.
+    smaller = make_plan("sd35_medium", "atelier", ds, gpu=gpu_from_vram(16), backend="native",
+                        overrides={"resolution": 768})
+    assert smaller.hyper.resolution == 768 and not smaller.memory.fp8_base
 
 
 # --- plans ----------------------------------------------------------------------------------------
@@ -173,7 +191,7 @@ def test_what_cannot_fit_is_refused_with_what_would(ds):
     with pytest.raises(PlanError) as exc:
         make_plan("sd35_large", "atelier", ds, gpu=gpu_from_vram(8))
     msg = str(exc.value)
-    assert "does not fit" in msg and "sd35_medium" in msg and "at least" in msg
+    assert "does not fit" in msg and "--family sdxl" in msg and "at least 11 GB" in msg and "caching" in msg
     # The native backend cannot swap blocks or use fp8: 12 GB is too small for it.
     with pytest.raises(PlanError, match="does not fit"):
         make_plan("sd35_large", "atelier", ds, gpu=gpu_from_vram(12), backend="native")
@@ -237,3 +255,30 @@ def test_each_memory_measure_lowers_the_estimate():
     # Resolution and rank raise it.
     bigger = Workload(**{**work.__dict__, "resolution": 1536})
     assert estimate(bigger, Choice(batch_size=2)).train_gb > base
+
+
+def test_detect_gpu_runs_nvidia_smi_with_arguments(tmp_path, monkeypatch):
+    """A stand-in nvidia-smi on PATH prints what the real one prints for a 5090; we parse it."""
+    from devserver_lora.train.gpu import detect_gpu
+
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text(
+        "#!/bin/sh\n"
+        'test "$1" = "--query-gpu=name,memory.total,compute_cap" || exit 3\n'
+        'test "$2" = "--format=csv,noheader,nounits" || exit 4\n'
+        'echo "NVIDIA GeForce RTX 5090, 32607, 12.0"\n'
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    gpu = detect_gpu()
+    assert gpu is not None and gpu.name == "NVIDIA GeForce RTX 5090" and gpu.compute_capability == "12.0"
+    assert gpu.vram_gb == 31.8 and gpu.relative_speed == lookup_gpu("RTX 5090").relative_speed
+    assert gpu.source == "nvidia-smi"
+    fake.write_text("#!/bin/sh\nexit 9\n")  # a broken driver: no GPU from nvidia-smi, and torch has no CUDA here
+    assert detect_gpu() is None or detect_gpu().source == "torch"
+
+
+def test_family_arch_names_exist_in_loras():
+    from devserver_lora.loras import ARCHS
+
+    assert all(f.arch in ARCHS for f in FAMILIES.values())

@@ -21,7 +21,7 @@ from devserver_lora.errors import WorkflowError
 from devserver_lora.graph import derive_node_types, is_link, iter_links
 from devserver_lora.graph_check import check_graph, validate_graph
 from devserver_lora.lora_spec import LoraSpec
-from devserver_lora.workflow import find_model_sources, inject_loras
+from devserver_lora.workflow import clip_text_encoders, find_model_sources, inject_loras
 
 YORUBA = LoraSpec(name="yorubaheritage_sd35.safetensors", strength_model=0.85, strength_clip=0.85)
 
@@ -215,8 +215,28 @@ def test_existing_lora_chain_is_extended_not_bypassed() -> None:
     assert out["3"]["inputs"]["model"] == [new_id, 0]
     assert out["4"]["inputs"]["clip"] == out["5"]["inputs"]["clip"] == [new_id, 1]
     assert out["2"] == wf["2"]
-    # The file already in the chunk's chain is not added a second time.
+    # The file already in the chunk's chain is not added a second time...
     assert inject_loras(wf, [LoraSpec(name="tiny_sd3_kohya.safetensors")]) == wf
+    # ...unless the config asks for other strengths: that is said, not silently ignored.
+    with pytest.raises(WorkflowError, match="already applied by node '2'") as err:
+        inject_loras(wf, [LoraSpec(name="tiny_sd3_kohya.safetensors", strength_model=0.4)])
+    assert "1.0/1.0" in str(err.value) and "0.4/0.4" in str(err.value)
+
+
+def test_devserver_half_wired_lora_does_not_swallow_the_clip() -> None:
+    """DevServer's own injector chains a LoraLoader from the CLIP loader but leaves the encoders on it."""
+    wf = sd35_chunk_workflow()
+    wf["20"] = {"class_type": "LoraLoader", "inputs": {"model": ["5", 0], "clip": ["9", 0], "lora_name": "up.safetensors",
+                                                        "strength_model": 0.9, "strength_clip": 0.9}}
+    wf["8"]["inputs"]["model"] = ["20", 0]
+    out = inject_loras(wf, [YORUBA])
+    new_id, node = _only(_new_nodes(wf, out))
+    assert node["class_type"] == "LoraLoader"
+    assert node["inputs"]["model"] == ["20", 0], "the model chain is extended"
+    assert node["inputs"]["clip"] == ["9", 0], "the CLIP the encoders really read"
+    assert out["1"]["inputs"]["clip"] == out["6"]["inputs"]["clip"] == [new_id, 1]
+    assert out["8"]["inputs"]["model"] == [new_id, 0]
+    assert out["20"]["inputs"]["clip"] == ["9", 0], "rewiring the loader our node reads from would close a cycle"
 
 
 def test_idempotent_and_deterministic() -> None:
@@ -238,7 +258,7 @@ def test_new_ids_skip_taken_ids() -> None:
 def test_all_links_resolve_after_injection() -> None:
     for graph in (sd35_chunk_workflow(), sd15_graph(), sdxl_graph(), flux_graph(), sd3_with_lora_graph()):
         out = inject_loras(graph, [LoraSpec(name="z.safetensors")])
-        for consumer, name, src, idx in iter_links(out):
+        for consumer, name, src, _ in iter_links(out):
             assert src in out, (consumer, name, src)
 
 
@@ -249,6 +269,18 @@ def test_unknown_custom_node_classes_are_read_from_their_edges() -> None:
     new_id, node = _only(_new_nodes(wf, out))
     assert node["inputs"]["model"] == ["4", 0] and node["inputs"]["clip"] == ["4", 1]
     assert out["6"]["inputs"]["clip"] == [new_id, 1]
+
+
+def test_odd_ids() -> None:
+    wf = sd15_graph()
+    wf["²"] = {"class_type": "Note", "inputs": {}}  # isdigit() but not an int
+    wf["0012"] = {"class_type": "Note", "inputs": {}}
+    out = inject_loras(wf, [LoraSpec(name="s.safetensors")])
+    new_id, _ = _only(_new_nodes(wf, out))
+    assert new_id == "13"
+    as_ints = {int(k): v for k, v in sd15_graph().items()}
+    out = inject_loras(as_ints, [LoraSpec(name="s.safetensors")])  # type: ignore[arg-type]
+    assert all(isinstance(k, str) for k in out) and out["3"]["inputs"]["model"] == ["13", 0]
 
 
 def test_no_model_source_is_a_clear_error() -> None:
@@ -276,3 +308,20 @@ def test_shipped_node_type_table_matches_recorded_object_info(object_info: dict)
 def test_is_link() -> None:
     assert is_link(["4", 0]) and is_link(("4", 1))
     assert not is_link(["4", True]) and not is_link([1.0, 0]) and not is_link(["a", "b"]) and not is_link([1, 2, 3])
+
+
+def test_clip_text_encoders_of_the_patched_clip() -> None:
+    out = inject_loras(sd35_chunk_workflow(), [YORUBA])
+    [lora] = [k for k, n in out.items() if n["class_type"] == "LoraLoader"]
+    # DevServer's chunk reads DualCLIPLoader(clip_g, t5xxl): no CLIP-L (see loras ARCHS["sd35_large_dualclip"]).
+    assert clip_text_encoders(out, lora) == ("clip_g", "t5xxl")
+    flux = inject_loras(flux_graph(), [LoraSpec(name="f.safetensors")])
+    [lora] = [k for k, n in flux.items() if n["class_type"] == "LoraLoader"]
+    assert clip_text_encoders(flux, lora) == ("clip_l", "t5xxl")
+    sd15 = inject_loras(sd15_graph(), [LoraSpec(name="f.safetensors")])
+    assert clip_text_encoders(sd15, "13") is None  # a checkpoint's own CLIP: unknown from the graph
+    wf = sd35_chunk_workflow()
+    wf["9"]["inputs"]["clip_name1"] = "encoder_a.safetensors"
+    assert clip_text_encoders(inject_loras(wf, [YORUBA]), "12") is None
+    wan = inject_loras(wan_graph(), [LoraSpec(name="w.safetensors", target="unet_high_noise")])
+    assert clip_text_encoders(wan, "61") is None  # umt5: not SD3's T5-XXL

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import copy
 
+from conftest import COMFY_FIXTURES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from devserver_lora.graph import default_node_types, iter_links
+from devserver_lora.graph_check import load_object_info, validate_graph
 from devserver_lora.lora_spec import LoraSpec
 from devserver_lora.workflow import find_model_sources, inject_loras
 
 TYPES = default_node_types()
+OBJECT_INFO = load_object_info(COMFY_FIXTURES / "object_info.json")
 
 _id_part = st.one_of(
     st.integers(min_value=1, max_value=400).map(str),
@@ -56,6 +59,10 @@ def graphs(draw: st.DrawFn) -> dict:
             model = [src, 0]
             clip = [add({"class_type": "CLIPLoader", "inputs": {"clip_name": "c", "type": "wan"}}), 0]
             vae = [add({"class_type": "VAELoader", "inputs": {"vae_name": "v"}}), 0]
+        if draw(st.integers(0, 4)) == 0:
+            # DevServer's own injector: a LoraLoader reading the CLIP, but only its MODEL is used.
+            half = add({"class_type": "LoraLoader", "inputs": {"model": model, "clip": clip, "lora_name": f"up{s}.safetensors", "strength_model": 1.0, "strength_clip": 1.0}})
+            model = [half, 0]
         for k in range(draw(st.integers(0, 2))):  # an existing LoRA chain
             if draw(st.booleans()):
                 lid = add({"class_type": "LoraLoader", "inputs": {"model": model, "clip": clip, "lora_name": f"old{s}{k}.safetensors", "strength_model": 1.0, "strength_clip": 1.0}})
@@ -87,9 +94,21 @@ def cases(draw: st.DrawFn) -> tuple[dict, list[LoraSpec], dict]:
     for i in range(draw(st.integers(1, 3))):
         src = draw(st.sampled_from(sources))
         name = draw(st.sampled_from(["a", "b", "c", f"n{i}"])) + ".safetensors"
-        specs.append(LoraSpec(name=name, strength_model=draw(st.sampled_from([0.5, 1.0])), target=src.node_id))
+        # One strength per file: the same file at other strengths is an error (tested elsewhere).
+        specs.append(LoraSpec(name=name, strength_model=0.5 + len(name) / 100, target=src.node_id))
     info = {s.name: draw(st.booleans()) for s in specs}
     return g, specs, info
+
+
+def _ancestors(g: dict, start: str) -> set[str]:
+    seen: set[str] = set()
+    stack = [src for _, _, src, _ in iter_links({start: g[start]})]
+    while stack:
+        node = stack.pop()
+        if node not in seen:
+            seen.add(node)
+            stack.extend(src for _, _, src, _ in iter_links({node: g[node]}))
+    return seen
 
 
 def _acyclic(g: dict) -> bool:
@@ -150,14 +169,17 @@ def test_injection_properties(case: tuple[dict, list[LoraSpec], dict]) -> None:
             node, slot = str(back[0]), back[1]
         assert (node, slot) == (src, idx)
 
-    # nothing but the chain reads an output a new loader patches (every consumer was rewired)
+    # nothing but the chain reads an output a new loader patches (every consumer was rewired),
+    # except nodes the chain itself depends on (rewiring those would close a cycle)
     readers: dict[tuple[str, int], set[str]] = {}
     for consumer, _, src, idx in iter_links(out):
         readers.setdefault((src, idx), set()).add(consumer)
     for k in new:
+        upstream = _ancestors(out, k)
         for value in out[k]["inputs"].values():
             if isinstance(value, list):
-                assert readers[(str(value[0]), value[1])] <= new, f"{value} still read outside the chain"
+                outside = readers[(str(value[0]), value[1])] - new - upstream
+                assert not outside, f"{value} still read outside the chain by {outside}"
 
     # the targeted model source's former consumers now read a LoRA output
     before = {s.node_id: s for s in find_model_sources(g)}
@@ -166,6 +188,9 @@ def test_injection_properties(case: tuple[dict, list[LoraSpec], dict]) -> None:
         for consumer, name, src, idx in iter_links(g):
             if (src, idx) == end and consumer not in before[spec.target].chain:
                 assert str(out[consumer]["inputs"][name][0]) in new
+
+    # ComfyUI would accept the result but for model files the recorded server does not have
+    assert {p.code for p in validate_graph(out, OBJECT_INFO)} <= {"value_not_in_list"}
 
     # idempotent
     assert inject_loras(out, specs, lora_info=info) == out

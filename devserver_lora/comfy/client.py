@@ -12,7 +12,6 @@ are never replayed). Every wait is bounded by an overall timeout and an idle tim
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -24,20 +23,17 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
-import websockets
-from websockets.asyncio.client import ClientConnection
 
 from ..errors import ComfyError, ComfyProtocolError, ComfyTimeout, ComfyUnreachable
 from . import events as ev
+from .hub import WsHub, WsLost
 from .preflight import check_installed, check_key_coverage, lora_names_in
 from .protocol import (
     HistoryEntry,
     ImageRef,
     Submitted,
     failure_exception,
-    parse_binary_frame,
     parse_history,
-    parse_json_frame,
     parse_submit_response,
 )
 
@@ -45,8 +41,6 @@ log = logging.getLogger(__name__)
 
 EventCallback = Callable[[ev.Event], Any]
 
-# A websocket that sends this many unparseable frames in a row is treated as broken (we switch to polling).
-MAX_GARBAGE_FRAMES = 20
 # After an error/interrupt event, how long we wait for the closing `executing null` before raising anyway.
 FAILURE_GRACE = 5.0
 # How long we keep retrying when the server stops answering while we wait (it may be restarting).
@@ -119,6 +113,7 @@ class ComfyClient:
         self.timeouts = timeouts or Timeouts()
         self.use_websocket = use_websocket
         self._http = httpx.AsyncClient(timeout=self.timeouts.http, trust_env=False)
+        self._hub = WsHub(_ws_url(self.base_url, self.client_id), connect_timeout=self.timeouts.connect)
 
     async def __aenter__(self) -> ComfyClient:
         return self
@@ -127,6 +122,7 @@ class ComfyClient:
         await self.aclose()
 
     async def aclose(self) -> None:
+        await self._hub.close()
         await self._http.aclose()
 
     # --- plain HTTP -------------------------------------------------------------------------------------------
@@ -258,29 +254,34 @@ class ComfyClient:
             if on_event is not None:
                 on_event(event)
 
-        ws: ClientConnection | None = None
+        queue = None
         ws_problem = "websocket disabled"
         if self.use_websocket:
-            ws, ws_problem = await self._connect_ws()
+            # Subscribe BEFORE submitting: ComfyUI never replays events we were not connected for.
+            queue = self._hub.subscribe(pid) if await self._hub.ensure() else None
+            ws_problem = self._hub.problem
         try:
             submitted = await self.submit(workflow, prompt_id=pid)
             if submitted.prompt_id != pid:
                 # Servers before client-chosen ids ignore ours; follow theirs.
+                self._hub.rename(pid, submitted.prompt_id)
                 pid = submitted.prompt_id
             emit(ev.Queued(pid, submitted.number))
             finished = False
-            if ws is not None:
-                finished, ws_problem = await self._follow_ws(ws, pid, emit, deadline)
+            if queue is not None:
+                finished, ws_problem = await self._follow_ws(queue, pid, emit, deadline)
             used_ws = finished
             if not finished:
                 emit(ev.FallbackToPolling(pid, ws_problem))
                 entry = await self._poll_history(pid, deadline)
             else:
                 entry = await self._history_after_done(pid, deadline)
+        except (ComfyTimeout, asyncio.CancelledError):
+            # Nobody waits for this prompt any more: do not leave it holding the GPU or its queue place.
+            await asyncio.shield(self._abandon(pid))
+            raise
         finally:
-            if ws is not None:
-                with contextlib.suppress(Exception):
-                    await ws.close()
+            self._hub.unsubscribe(pid)
         failure = entry.failure()
         if failure is not None:
             if not used_ws:
@@ -294,25 +295,18 @@ class ComfyClient:
         images = [await self.view(ref) for ref in refs] if download else []
         return RunResult(pid, images, entry, used_ws, seen)
 
-    async def _connect_ws(self) -> tuple[ClientConnection | None, str]:
-        url = _ws_url(self.base_url, self.client_id)
+    async def _abandon(self, pid: str) -> None:
+        """Best effort, bounded: interrupt `pid` and drop it from the queue; errors here are not the story."""
         try:
-            ws = await asyncio.wait_for(
-                websockets.connect(url, max_size=64 * 2**20, open_timeout=self.timeouts.connect, proxy=None),
-                self.timeouts.connect + 1,
-            )
-        except (OSError, TimeoutError, websockets.WebSocketException) as exc:
-            log.info("websocket %s unavailable (%s); will poll /history", url, exc)
-            return None, f"websocket did not connect: {type(exc).__name__}: {exc}"
-        return ws, ""
+            await asyncio.wait_for(self.interrupt(pid), timeout=min(5.0, self.timeouts.http))
+        except (ComfyError, TimeoutError) as exc:
+            log.warning("could not interrupt abandoned prompt %s: %s", pid, exc)
 
     async def _follow_ws(
-        self, ws: ClientConnection, pid: str, emit: Callable[[ev.Event], None], deadline: float
+        self, queue: asyncio.Queue, pid: str, emit: Callable[[ev.Event], None], deadline: float
     ) -> tuple[bool, str]:
-        """Read frames until Done for `pid`. (True, "") when done; (False, why) when the websocket failed us."""
+        """Take `pid`'s events until Done. (True, "") when done; (False, why) when the websocket failed us."""
         t = self.timeouts
-        garbage = 0
-        started = False
         failure: ev.Error | ev.Interrupted | None = None
         last_life = time.monotonic()
         while True:
@@ -340,32 +334,12 @@ class ComfyClient:
                     prompt_id=pid,
                 )
             try:
-                frame = await asyncio.wait_for(ws.recv(), timeout=wait)
+                event = await asyncio.wait_for(queue.get(), timeout=wait)
             except TimeoutError:
                 continue
-            except websockets.ConnectionClosed as exc:
-                return False, f"websocket closed ({exc})"
-            except (OSError, websockets.WebSocketException) as exc:
-                return False, f"websocket failed ({type(exc).__name__})"
-            try:
-                event = parse_binary_frame(frame) if isinstance(frame, bytes) else parse_json_frame(frame)
-            except ComfyProtocolError as exc:
-                garbage += 1
-                log.warning("skipping bad websocket frame (%s)", exc)
-                if garbage >= MAX_GARBAGE_FRAMES:
-                    return False, f"{garbage} unparseable websocket frames"
-                continue
-            garbage = 0
-            if event is None or isinstance(event, ev.Status):
-                continue
-            if isinstance(event, ev.Preview):
-                # Previews are sent only to the client whose prompt runs; legacy frames carry no prompt_id.
-                if event.prompt_id not in (None, pid) or not started:
-                    continue
-            elif getattr(event, "prompt_id", None) != pid:
-                continue
+            if isinstance(event, WsLost):
+                return False, event.reason
             last_life = time.monotonic()
-            started = True
             emit(event)
             if isinstance(event, ev.Error | ev.Interrupted):
                 # Wait (briefly) for Done so that ComfyUI has written the history entry when we raise.

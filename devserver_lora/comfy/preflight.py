@@ -77,17 +77,21 @@ def check_installed(workflow: Mapping[str, Any], installed: list[str]) -> None:
 
 
 def check_key_coverage(workflow: Mapping[str, Any], loras_dir: str | Path, arch: Any) -> None:
-    """Raise LoraFileError when ComfyUI would log 'lora key not loaded' for a LoRA we can read in `loras_dir`."""
+    """Raise LoraFileError when ComfyUI would log 'lora key not loaded' for a LoRA we can read in `loras_dir`.
+
+    `arch`: a name of `devserver_lora.loras.ARCHS` (e.g. "sd35_large") or a spec such as "sd3:2:te=clip_l".
+    """
     try:
         from ..loras import predict_not_loaded  # lazy: heavy, and written by another module
     except ImportError as exc:  # pragma: no cover - the module ships with the package
         raise DevserverLoraError("devserver_lora.loras is missing: cannot check LoRA key coverage") from exc
-    for _, _, name in lora_nodes_in(workflow):
+    for _, class_type, name in lora_nodes_in(workflow):
         path = safe_join(loras_dir, name, what="LoRA name")
         if not path.is_file():
             continue  # e.g. ComfyUI on another machine; the server-side list was checked already
         try:
-            lines = predict_not_loaded(path, arch)
+            # LoraLoaderModelOnly patches no text encoder: its text-encoder keys would not load either.
+            lines = predict_not_loaded(path, arch, with_clip="modelonly" not in class_type.lower())
         except NotImplementedError:
             log.warning("LoRA key coverage check not available yet; skipped for %s", name)
             return

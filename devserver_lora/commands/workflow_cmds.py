@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import SHIPPED_SCHEMAS_DIR, SchemasTree
-from ..console import err, out, print_json
+from ..console import out, print_json
 from ..errors import GraphValidationError, LoraFileError
 from ..graph_check import load_object_info, validate_graph
 from ..loras import ARCHS, LoraReport, fit_problems, inspect_lora, predict_not_loaded, resolve_arch

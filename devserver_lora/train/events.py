@@ -11,7 +11,7 @@ import math
 import time
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from ..errors import JobError
 
@@ -70,6 +70,15 @@ class LogEvent(_Event):
     type: Literal["log"] = "log"
     level: Literal["debug", "info", "warning", "error"] = "info"
     message: str
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _level(cls, value: Any) -> Any:
+        # Accept Python logging's spellings ("WARNING", "warn", "CRITICAL") from trainer output.
+        if isinstance(value, str):
+            v = value.strip().lower()
+            return {"warn": "warning", "critical": "error", "fatal": "error"}.get(v, v)
+        return value
 
 
 class ErrorEvent(_Event):

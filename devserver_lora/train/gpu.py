@@ -97,7 +97,7 @@ def gpu_from_vram(vram_gb: float, name: str | None = None) -> GpuInfo:
         except PlanError:
             base = None
     return GpuInfo(
-        name=name or f"GPU with {vram_gb:g} GB",
+        name=name or "GPU (size given)",
         vram_gb=float(vram_gb),
         compute_capability=base.compute_capability if base else None,
         relative_speed=base.relative_speed if base else 1.0,

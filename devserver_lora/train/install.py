@@ -197,6 +197,7 @@ def install_job(
     if loras_dir is None:
         raise JobError("no loras folder given", hint="pass --loras-dir (ComfyUI's models/loras) or set COMFYUI_LORAS_DIR")
     plan = job.plan
+    check_simple_name(plan.output_name, what="LoRA output name")
     source = pick_checkpoint(job, epoch)
     header = read_header(source)
     if not header.complete:
@@ -226,6 +227,7 @@ def install_job(
                                   provenance_metadata(header.metadata, job, source))
     result = InstallResult(job_id=job.id, source=str(source), lora_path=str(written), lora_name=written.name,
                            trigger_words=trigger_words, warnings=warnings)
+    warnings = result.warnings  # pydantic copied the list; append to the result's own
     if schemas_dir is None:
         warnings.append("no DevServer schemas folder given: no output config written (pass --schemas)")
     elif get_family(plan.family).base_output_config != "sd35_large":

@@ -18,6 +18,8 @@ import json
 import os
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,7 @@ from .plan import TrainingPlan
 JOB_FILE = "job.json"
 PLAN_FILE = "plan.json"
 EVENTS_FILE = "events.jsonl"
+LOCK_FILE = ".job.lock"
 _LOCK = threading.Lock()
 
 
@@ -128,7 +131,7 @@ class Job:
         """Record a new state (and any extra info: pid, message, lora_path, ...) with an atomic rewrite."""
         if state not in JOB_STATES:
             raise JobError(f"unknown job state {state!r}", hint=f"one of {', '.join(JOB_STATES)}")
-        with _LOCK:
+        with _LOCK, self._file_lock():
             try:
                 current = self.info
             except JobError:
@@ -138,6 +141,22 @@ class Job:
             current["updated"] = time.time()
             self.write_json(JOB_FILE, current)
         return current
+
+    @contextmanager
+    def _file_lock(self) -> Iterator[None]:
+        """An exclusive lock across processes (the runner and its detached worker both update job.json)."""
+        try:
+            import fcntl
+        except ImportError:  # not on POSIX: the in-process lock is all we have
+            yield
+            return
+        fd = os.open(self._path(LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
 
     # --- events ------------------------------------------------------------------
     def append_event(self, event: Event | dict[str, Any]) -> dict[str, Any]:

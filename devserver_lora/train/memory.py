@@ -40,16 +40,26 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..errors import PlanError
 from .families import TEXT_ENCODER_PARAMS_B, Family
+from .gpu import GpuInfo
 
 GIB = 2**30
 OPTIMIZER_STATE_BYTES: dict[str, float] = {"AdamW": 8, "AdamW8bit": 2, "Adafactor": 2, "Prodigy": 16}
 CLIP_SHAPES: dict[str, tuple[int, int]] = {"clip_l": (768, 12), "clip_g": (1280, 32)}  # width, layers
 TEXT_TOKENS: dict[str, int] = {"sd35_large": 333, "sd35_medium": 333, "flux_dev": 512}
 CPU_RELATIVE_SPEED = 0.01
+# Where to point a student whose card is too small, nearest first.
+SMALLER_FAMILY: dict[str, tuple[str, ...]] = {
+    "sd35_large": ("sd35_medium", "sdxl", "sd15"),
+    "flux_dev": ("sd35_medium", "sdxl", "sd15"),
+    "sd35_medium": ("sdxl", "sd15"),
+    "sdxl": ("sd15",),
+}
 
 
 class MemoryPlan(BaseModel):
@@ -227,3 +237,117 @@ def cheapest_fit(
 def smallest_peak(work: Workload, candidates: list[Choice]) -> tuple[Choice, Estimate]:
     pairs = [(c, estimate(work, c)) for c in candidates]
     return min(pairs, key=lambda p: p[1].peak_gb)
+
+
+def choose_memory_plan(
+    work: Workload,
+    gpu: GpuInfo | None,
+    *,
+    backend: str | None = None,
+    forced: dict[str, Any] | None = None,
+) -> tuple[MemoryPlan, Choice, list[str]]:
+    """The cheapest memory plan whose estimated peak fits `gpu` with the margin, the choice behind it,
+    and one line of explanation per decision. PlanError with the reason and what would fit otherwise.
+    `forced` pins choices (fp8_base, blocks_to_swap, gradient_checkpointing, use_8bit_optimizer)."""
+    explanations: list[str] = []
+    forced = forced or {}
+    fam = work.family
+    cache_te = not work.train_text_encoder
+    # The native backend has neither an fp8 base nor block swapping.
+    allow = {"allow_fp8": backend != "native", "allow_swap": backend != "native", "allow_8bit": gpu is not None}
+    candidates = candidate_choices(work, **allow)
+    for key, val in forced.items():
+        candidates = [c for c in candidates if getattr(c, key) == val]
+    if not candidates:
+        raise PlanError(
+            f"the memory settings {forced} are not possible for {fam.label} with this backend",
+            hint="leave them out and let the plan choose",
+        )
+    if gpu is None:
+        choice = min(candidates, key=lambda c: (c.cost(work.batch_size), c.blocks_to_swap))
+        est = estimate(work, choice, gpu_speed=CPU_RELATIVE_SPEED)
+        vram, margin = None, 0.0
+    else:
+        vram = gpu.vram_gb
+        margin = margin_for(vram)
+        fit = cheapest_fit(work, vram - margin, candidates, gpu_speed=gpu.relative_speed * gpu.count)
+        if fit is None:
+            raise _no_fit(work, gpu, margin, candidates, allow)
+        choice, est = fit
+    plan = MemoryPlan(
+        fp8_base=choice.fp8_base,
+        blocks_to_swap=choice.blocks_to_swap,
+        gradient_checkpointing=choice.gradient_checkpointing,
+        cache_text_encoder_outputs=cache_te,
+        cache_text_encoder_outputs_to_disk=cache_te,
+        cache_latents=True,
+        cache_latents_to_disk=True,
+        use_8bit_optimizer=choice.use_8bit_optimizer,
+        estimated_peak_vram_gb=est.peak_gb,
+        estimated_host_ram_gb=est.host_ram_gb,
+        estimated_wall_time_s=est.wall_time_s,
+        vram_gb=vram,
+        margin_gb=margin,
+        breakdown_gb=est.breakdown,
+    )
+    where = f"{gpu.name} ({vram:g} GB, keeping {margin:g} GB spare)" if gpu else "the CPU"
+    explanations.append(f"estimated peak {est.peak_gb:.1f} GB on {where}; host RAM about {est.host_ram_gb:.0f} GB")
+    explanations.append(
+        "gradient checkpointing on: recomputes activations instead of storing them (about 30% slower, far less memory)"
+        if choice.gradient_checkpointing
+        else "gradient checkpointing off: there is room to keep activations, which is faster"
+    )
+    if choice.fp8_base:
+        explanations.append("fp8 base model: the frozen weights are stored in 8 bits, halving their memory")
+    else:
+        explanations.append("base model in 16 bits: the best quality, and it fits")
+    if choice.blocks_to_swap:
+        explanations.append(
+            f"{choice.blocks_to_swap} of {fam.depth} blocks swapped to host RAM while not in use (slower, fits smaller cards)"
+        )
+    if choice.use_8bit_optimizer:
+        explanations.append("8-bit AdamW: the optimizer state takes a quarter of the memory")
+    explanations.append(
+        "text-encoder outputs cached once to disk and the encoders freed"
+        if cache_te
+        else "text encoders stay loaded because they are trained"
+    )
+    explanations.append("latents cached once to disk, so the VAE is not needed while training and a resume is quick")
+    return plan, choice, explanations
+
+
+def _no_fit(
+    work: Workload, gpu: GpuInfo, margin: float, candidates: list[Choice], allow: dict[str, bool]
+) -> PlanError:
+    fam = work.family
+    best_choice, best = smallest_peak(work, candidates)
+    need = best.peak_gb + margin_for(best.peak_gb / 0.85)
+    suggestions: list[str] = []
+    for res in (768, 512):
+        if res < work.resolution:
+            smaller = Workload(**{**work.__dict__, "resolution": res})
+            if cheapest_fit(smaller, gpu.vram_gb - margin, candidate_choices(smaller, **allow)) is not None:
+                suggestions.append(f"--set resolution={res}")
+                break
+    if work.train_text_encoder:
+        smaller = Workload(**{**work.__dict__, "train_text_encoder": False})
+        if cheapest_fit(smaller, gpu.vram_gb - margin, candidate_choices(smaller, **allow)) is not None:
+            suggestions.append("the 'atelier' preset (no text-encoder training)")
+    from .families import get_family
+
+    for alt in SMALLER_FAMILY.get(fam.name, ()):
+        smaller = Workload(**{**work.__dict__, "family": get_family(alt)})
+        if cheapest_fit(smaller, gpu.vram_gb - margin, candidate_choices(smaller, **allow)) is not None:
+            suggestions.append(f"--family {alt}")
+            break
+    suggestions.append(f"a GPU with at least {math.ceil(need)} GB")
+    phase = (
+        "caching the text-encoder outputs (the encoders must sit on the GPU once)"
+        if best.cache_gb >= best.train_gb
+        else "training"
+    )
+    return PlanError(
+        f"{fam.label} at {work.resolution} px does not fit {gpu.name} ({gpu.vram_gb:g} GB): even with every "
+        f"memory saving, {phase} needs about {best.peak_gb:.1f} GB, and {margin:g} GB must stay free",
+        hint="what would fit: " + "; or ".join(suggestions),
+    )

@@ -19,18 +19,9 @@ from ..errors import DatasetError, PlanError, Problem
 from ..paths import UnsafePathError, check_simple_name
 from .card import CARD_FILE, load_card
 from .dataset.manifest import DatasetManifest, load_manifest
-from .families import Family, get_family
+from .families import FAMILIES, Family, get_family
 from .gpu import GpuInfo
-from .memory import (
-    CPU_RELATIVE_SPEED,
-    MemoryPlan,
-    Workload,
-    candidate_choices,
-    cheapest_fit,
-    estimate,
-    margin_for,
-    smallest_peak,
-)
+from .memory import CPU_RELATIVE_SPEED, MemoryPlan, Workload, choose_memory_plan, estimate
 from .presets import get_preset
 
 __all__ = [
@@ -243,6 +234,15 @@ def check_backend_support(hyper: Hyperparameters, backend: str | None, memory: M
                 hint=f"use one of {', '.join(scheds)}",
             )
         )
+    if backend == "native" and hyper.train_text_encoder:
+        found.append(
+            Problem(
+                "the native backend trains the diffusion model only, not the text encoders",
+                path="$.hyper.train_text_encoder",
+                code="unsupported_text_encoder_training",
+                hint="use the kohya backend for the galerie preset, or choose atelier",
+            )
+        )
     if backend == "native" and memory is not None and (memory.fp8_base or memory.blocks_to_swap):
         found.append(
             Problem(
@@ -290,6 +290,12 @@ def make_plan(
     """Resolve a plan for a prepared dataset folder; PlanError/DatasetError with what to change otherwise."""
     fam = get_family(family)
     pre = get_preset(preset)
+    if backend == "native" and not fam.native_supported:
+        native = [f.name for f in FAMILIES.values() if f.native_supported]
+        raise PlanError(
+            f"the native backend cannot train {fam.label}",
+            hint=f"use --backend kohya, or a family the native backend knows: {', '.join(native)}",
+        )
     manifest, dataset_dir = _dataset(dataset)
     if require_card:
         card = load_card(Path(dataset_dir) / CARD_FILE)
@@ -319,6 +325,11 @@ def make_plan(
     if values.get("train_text_encoder") and not fam.trainable_text_encoders:
         values["train_text_encoder"] = False
     values.update(overrides)
+    if values["repeats"] != manifest.repeats:
+        explanations.append(
+            f"repeats {values['repeats']} instead of the dataset folder's {manifest.repeats} "
+            f"({manifest.subset_dir}): the backend passes it explicitly"
+        )
     # Steps depend on the rest; validate everything else first with a placeholder step count.
     explicit_steps = values.pop("max_train_steps", None)
     explicit_epochs = values.pop("epochs", None)
@@ -354,8 +365,9 @@ def make_plan(
             f"{gpu.vram_gb:g} GB",
             hint="choose 'atelier' or 'fotostudio', or a larger GPU",
         )
-    memory = _choose_memory(work, gpu, backend, memory_overrides, explanations)
-    batch = work.batch_size if gpu is None else memory_batch(memory)
+    memory, choice, notes = choose_memory_plan(work, gpu, backend=backend, forced=memory_overrides)
+    explanations.extend(notes)
+    batch = choice.batch_size
     accumulation = hyper.gradient_accumulation_steps * max(1, hyper.batch_size // batch)
     if batch != hyper.batch_size:
         explanations.append(
@@ -403,7 +415,7 @@ def make_plan(
     # Refine the wall-time estimate with the real step count.
     speed = (gpu.relative_speed * gpu.count) if gpu else CPU_RELATIVE_SPEED
     final_work = Workload(**{**work.__dict__, "steps": max_steps, "batch_size": batch, "accumulation": accumulation})
-    est = estimate(final_work, _choice_of(memory), gpu_speed=speed)
+    est = estimate(final_work, choice, gpu_speed=speed)
     memory = memory.model_copy(update={"estimated_wall_time_s": est.wall_time_s})
 
     name = output_name or manifest.trigger or manifest.name
@@ -442,116 +454,3 @@ def _safe_output_name(name: str) -> str:
 
     cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", name.strip()).strip("._-") or "lora"
     return check_simple_name(cleaned[:100], what="output name")
-
-
-def memory_batch(memory: MemoryPlan) -> int:
-    return int(memory.breakdown_gb.get("batch_size", 1))
-
-
-def _choice_of(memory: MemoryPlan):
-    from .memory import Choice
-
-    return Choice(
-        gradient_checkpointing=memory.gradient_checkpointing,
-        batch_size=memory_batch(memory),
-        use_8bit_optimizer=memory.use_8bit_optimizer,
-        fp8_base=memory.fp8_base,
-        blocks_to_swap=memory.blocks_to_swap,
-    )
-
-
-def _choose_memory(
-    work: Workload,
-    gpu: GpuInfo | None,
-    backend: str | None,
-    forced: dict[str, Any],
-    explanations: list[str],
-) -> MemoryPlan:
-    fam = work.family
-    cache_te = not work.train_text_encoder
-    allow_fp8 = backend != "native"
-    allow_swap = backend != "native" and fam.swappable_blocks > 0
-    candidates = candidate_choices(work, allow_fp8=allow_fp8, allow_swap=allow_swap, allow_8bit=gpu is not None)
-    for key, val in forced.items():
-        candidates = [c for c in candidates if getattr(c, key) == val]
-    if not candidates:
-        raise PlanError(
-            f"the memory settings {forced} are not possible for {fam.label} with this backend",
-            hint="leave them out and let the plan choose",
-        )
-    if gpu is None:
-        choice = min(candidates, key=lambda c: (c.cost(work.batch_size), c.blocks_to_swap))
-        est = estimate(work, choice, gpu_speed=CPU_RELATIVE_SPEED)
-        vram, margin = None, 0.0
-    else:
-        vram = gpu.vram_gb
-        margin = margin_for(vram)
-        fit = cheapest_fit(work, vram - margin, candidates, gpu_speed=gpu.relative_speed * gpu.count)
-        if fit is None:
-            raise _no_fit(work, gpu, margin, candidates)
-        choice, est = fit
-    plan = MemoryPlan(
-        fp8_base=choice.fp8_base,
-        blocks_to_swap=choice.blocks_to_swap,
-        gradient_checkpointing=choice.gradient_checkpointing,
-        cache_text_encoder_outputs=cache_te,
-        cache_text_encoder_outputs_to_disk=cache_te,
-        cache_latents=True,
-        cache_latents_to_disk=True,
-        use_8bit_optimizer=choice.use_8bit_optimizer,
-        estimated_peak_vram_gb=est.peak_gb,
-        estimated_host_ram_gb=est.host_ram_gb,
-        estimated_wall_time_s=est.wall_time_s,
-        vram_gb=vram,
-        margin_gb=margin,
-        breakdown_gb={**est.breakdown, "batch_size": choice.batch_size},
-    )
-    where = f"{gpu.name} ({vram:g} GB, keeping {margin:g} GB spare)" if gpu else "the CPU"
-    explanations.append(f"estimated peak {est.peak_gb:.1f} GB on {where}; host RAM about {est.host_ram_gb:.0f} GB")
-    explanations.append(
-        "gradient checkpointing on: recomputes activations instead of storing them (about 30% slower, far less memory)"
-        if choice.gradient_checkpointing
-        else "gradient checkpointing off: there is room to keep activations, which is faster"
-    )
-    if choice.fp8_base:
-        explanations.append("fp8 base model: the frozen weights are stored in 8 bits, halving their memory")
-    else:
-        explanations.append("base model in 16 bits: the best quality, and it fits")
-    if choice.blocks_to_swap:
-        explanations.append(
-            f"{choice.blocks_to_swap} of {fam.depth} blocks swapped to host RAM while not in use (slower, fits smaller cards)"
-        )
-    if choice.use_8bit_optimizer:
-        explanations.append("8-bit AdamW: the optimizer state takes a quarter of the memory")
-    explanations.append(
-        "text-encoder outputs cached once to disk and the encoders freed"
-        if cache_te
-        else "text encoders stay loaded because they are trained"
-    )
-    explanations.append("latents cached once to disk, so the VAE is not needed while training and a resume is quick")
-    return plan
-
-
-def _no_fit(work: Workload, gpu: GpuInfo, margin: float, candidates: list) -> PlanError:
-    fam = work.family
-    best_choice, best = smallest_peak(work, candidates)
-    need = best.peak_gb + margin_for(best.peak_gb / 0.85)
-    suggestions: list[str] = []
-    for res in (768, 512):
-        if res < work.resolution:
-            smaller = Workload(**{**work.__dict__, "resolution": res})
-            if cheapest_fit(smaller, gpu.vram_gb - margin, candidate_choices(smaller)) is not None:
-                suggestions.append(f"--set resolution={res}")
-                break
-    if work.train_text_encoder:
-        smaller = Workload(**{**work.__dict__, "train_text_encoder": False})
-        if cheapest_fit(smaller, gpu.vram_gb - margin, candidate_choices(smaller)) is not None:
-            suggestions.append("the 'atelier' preset (no text-encoder training)")
-    if fam.name == "sd35_large":
-        suggestions.append("family sd35_medium")
-    suggestions.append(f"a GPU with at least {math.ceil(need)} GB")
-    return PlanError(
-        f"{fam.label} at {work.resolution} px does not fit {gpu.name} ({gpu.vram_gb:g} GB): even with every "
-        f"memory saving the estimated peak is {best.peak_gb:.1f} GB, and {margin:g} GB must stay free",
-        hint="what would fit: " + "; or ".join(suggestions),
-    )

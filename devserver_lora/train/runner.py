@@ -42,19 +42,18 @@ def pid_alive(pid: int | None, *, marker: str | None = None) -> bool:
         return False
     except PermissionError:
         return True
+    try:  # a zombie (exited, not yet reaped: containers often lack a reaping init) is not running
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].startswith("Z"):
+            return False
+    except (OSError, IndexError):
+        pass
     if marker:
-        cmdline = Path(f"/proc/{pid}/cmdline")
         try:
-            text = cmdline.read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+            text = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
         except OSError:
             return True
         if text and marker not in text:
             return False
-        try:  # a zombie (exited, not yet reaped by its parent) is not running
-            if Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z"):
-                return False
-        except (OSError, IndexError):
-            pass
     return True
 
 
@@ -236,10 +235,11 @@ def reconcile(job: Any) -> str:
     if info.get("state") == "running" and info.get("pid") and not runner_alive(job):
         time.sleep(0.2)  # the worker may be writing its final state right now
         if job.state == "running":
-            msg = "the training worker stopped without recording an outcome (killed or machine restarted)"
-            job.set_state("failed", message=msg, diagnosis="worker_lost",
-                          hint=f"continue from the last saved state with `resume {job.id}`")
-            job.append_event(ErrorEvent(diagnosis="worker_lost", message=msg, hint=f"`resume {job.id}`"))
+            msg = "the training worker stopped without recording an outcome (killed, crashed or machine restarted)"
+            hint = (f"see {job.logs_dir / 'runner.log'} for what it printed; continue from the last saved state "
+                    f"with `resume {job.id}`")
+            job.set_state("failed", message=msg, diagnosis="worker_lost", hint=hint)
+            job.append_event(ErrorEvent(diagnosis="worker_lost", message=msg, hint=hint))
             _append_state(job, "failed", msg)
     return job.state
 

@@ -146,3 +146,16 @@ def make_job(jobs_dir: Path, dataset_dir: Path, *, family: str = "sd35_large", o
                      output_name=output_name)
     card = json.loads((dataset_dir / "card.json").read_text())
     return JobStore(jobs_dir).create(plan, card=card)
+
+
+def schemas_tree(root: Path) -> Path:
+    """A DevServer schemas folder holding the real SD3.5 chunk, output config and pipeline (devserver_samples)."""
+    from conftest import SAMPLES
+
+    (root / "configs" / "output").mkdir(parents=True)
+    (root / "chunks").mkdir()
+    (root / "pipelines").mkdir()
+    shutil.copy(SAMPLES / "sd35_large.json", root / "configs" / "output" / "sd35_large.json")
+    shutil.copy(SAMPLES / "output_image_sd35_large.json", root / "chunks" / "output_image_sd35_large.json")
+    shutil.copy(SAMPLES / "single_text_media_generation.json", root / "pipelines")
+    return root

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from conftest import KOHYA_FIXTURES
 
 from .build import make_dataset, make_job, make_kohya_install, make_models

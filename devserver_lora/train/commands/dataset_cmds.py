@@ -48,14 +48,21 @@ def card_from_args(args: argparse.Namespace) -> DatasetCard | None:
     return card_from_dict(data, where=str(args.card) if getattr(args, "card", None) else "card flags")
 
 
-def print_problems(problems: list[Problem], *, max_info: int | None = None) -> None:
-    shown_info = 0
+def print_problems(problems: list[Problem], *, per_code: int = 5) -> None:
+    """One line per finding; a code seen more than `per_code` times is shortened (`--json` has them all)."""
+    seen: dict[tuple[str, str], int] = {}
+    totals: dict[tuple[str, str], int] = {}
     for p in problems:
-        if p.severity == "info" and max_info is not None:
-            shown_info += 1
-            if shown_info > max_info:
-                continue
+        totals[(p.severity, p.code)] = totals.get((p.severity, p.code), 0) + 1
+    for p in problems:
+        key = (p.severity, p.code)
+        seen[key] = seen.get(key, 0) + 1
         style = _STYLE.get(p.severity, "")
+        if seen[key] > per_code:
+            if seen[key] == totals[key]:
+                out.print(f"[{style}]{p.severity:7}[/] {p.code:22} ... and {totals[key] - per_code} more like this",
+                          markup=True, highlight=False)
+            continue
         line = f"[{style}]{p.severity:7}[/] {p.code:22} [bold]{p.file or '-'}[/]: {p.message}"
         if p.hint:
             line += f" [dim]-> {p.hint}[/]"
@@ -96,7 +103,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     card = card_from_args(args)
     result = prepare_dataset(
         args.source, args.out, name=args.name, trigger=args.trigger, repeats=args.repeats, resize=args.resize,
-        max_side=args.max_side, crop_size=args.crop_size, family=args.family, preset=args.preset, card=card,
+        max_side=args.max_side, crop_size=args.crop_size, family=args.family, preset=args.preset,
+        resolution=args.resolution, card=card,
         skip_bad=args.skip_bad, overwrite=args.overwrite, workers=args.workers,
     )
     m = result.manifest
@@ -107,7 +115,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
             **{k: v for k, v in result.report.as_dict().items() if k in ("counts", "problems")},
         })
         return 0
-    print_problems(result.report.problems, max_info=20)
+    print_problems(result.report.problems)
     out.print(f"[green]prepared[/] {m.num_images} images into [bold]{result.out_dir}[/] ({m.subset_dir}/, trigger "
               f"{m.trigger!r}, {m.repeats} repeats)", markup=True, highlight=False)
     if card is None:
@@ -141,7 +149,10 @@ def cmd_card(args: argparse.Namespace) -> int:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--family", default="sd35_large", choices=sorted(FAMILIES), help="model family (default sd35_large)")
     p.add_argument("--preset", choices=sorted(load_presets()), help="check the image count against this preset")
-    p.add_argument("--trigger", help="trigger word that every caption should contain (prepare adds it where missing)")
+    p.add_argument("--trigger", help="trigger word that every caption should contain (prepare adds it where missing; "
+                   "default for a Kohya tree: its N_<name> folder name)")
+    p.add_argument("--resolution", type=int,
+                   help="training resolution to judge image sizes against (default: the preset's, else the family's)")
     p.add_argument("--workers", type=int, help="processes for decoding (default: all cores)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
 
@@ -178,7 +189,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         "duplicates and caption problems. Errors block training, warnings do not.",
     )
     p.add_argument("source", type=Path, help="folder, metadata.jsonl, .zip, Kohya tree or prepared dataset")
-    p.add_argument("--resolution", type=int, help="training resolution to judge image sizes against")
     _common(p)
     p.set_defaults(func=cmd_check)
 

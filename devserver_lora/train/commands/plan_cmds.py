@@ -52,7 +52,8 @@ def print_plan(plan: TrainingPlan) -> None:
     out.print(f"  {h.max_train_steps} steps = {h.epochs} epochs x {plan.steps_per_epoch}, batch {h.batch_size} x "
               f"{h.gradient_accumulation_steps} accumulation, {h.repeats} repeats, save every {h.save_every_n_epochs} "
               f"epoch(s), {h.mixed_precision}", highlight=False)
-    out.print(f"  memory: peak about {m.estimated_peak_vram_gb:.1f} GB of GPU memory, {m.estimated_host_ram_gb:.0f} GB "
+    where = "of GPU memory" if plan.gpu else "of memory (no GPU)"
+    out.print(f"  memory: peak about {m.estimated_peak_vram_gb:.1f} GB {where}, {m.estimated_host_ram_gb:.0f} GB "
               f"host RAM, about {_duration(m.estimated_wall_time_s)}", highlight=False)
     out.print("[bold]why:[/]", markup=True)
     for line in plan.explanations:

@@ -23,8 +23,8 @@ import hashlib
 import io
 import os
 import warnings
-from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ...errors import Problem
+from ...errors import DatasetError, Problem
 from ...paths import atomic_write_bytes
 from ..families import get_family
 from ..presets import Preset, get_preset
@@ -161,7 +161,7 @@ def _to_rgb(img: Image.Image, bit_depth: int | None, note) -> Image.Image:
             note("mode_converted", "16-bit colour image converted to 8-bit RGB")
             return _flatten(img, note) if mode == "RGBA" else img
         arr = np.asarray(img, dtype=np.float64)
-        hi = 65535.0 if mode.startswith("I;16") or arr.max() > 255 else 255.0
+        hi = 65535.0 if bit_depth == 16 or mode.startswith("I;16") or arr.max() > 255 else 255.0
         arr = np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
         note("mode_converted", f"16-bit image (mode {mode}) converted to 8-bit RGB")
         return Image.fromarray(arr, mode="L").convert("RGB")
@@ -243,7 +243,7 @@ def analyse_image(path: str, source: str, opts: CheckOptions) -> ImageResult:
         note("image_unreadable", "not an image Pillow can read", "error",
              hint="export it again as PNG or JPEG")
         return res
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+    except Exception as exc:  # noqa: BLE001 - any decoder failure on a hostile file is a finding, not a crash
         truncated = "truncat" in str(exc).lower() or isinstance(exc, EOFError)
         if truncated:
             note("image_truncated", f"the file is cut off ({exc})", "error",
@@ -296,8 +296,14 @@ def analyse_images(jobs: list[tuple[str, str]], opts: CheckOptions) -> list[Imag
         return [_analyse_star(a) for a in args]
     method = "fork" if "fork" in get_all_start_methods() else "spawn"
     chunks = max(1, len(args) // (workers * 4))
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context(method)) as pool:
-        return list(pool.map(_analyse_star, args, chunksize=chunks))
+    try:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context(method)) as pool:
+            return list(pool.map(_analyse_star, args, chunksize=chunks))
+    except BrokenProcessPool as exc:
+        raise DatasetError(
+            "an image decoder process died (out of memory, or a file that crashes the decoder)",
+            hint="run check-dataset with --workers 1 to find the file, then remove or re-save it",
+        ) from exc
 
 
 # --- captions and the dataset as a whole -------------------------------------------------------
@@ -309,7 +315,8 @@ def check_captions(source: Source, opts: CheckOptions) -> tuple[list[str | None]
     captions: list[str | None] = []
     problems: list[Problem] = []
     for item in source.items:
-        where = item.caption_source or item.source
+        # A .txt file is named; a caption from metadata.jsonl is named by its image.
+        where = item.caption_source if (item.caption_source or "").endswith(".txt") else item.source
         if item.caption is None:
             problems.append(Problem("no caption", file=item.source, code="caption_missing", severity="warning",
                                     hint=f"add {Path(item.source).stem}.txt describing the image"
@@ -420,8 +427,3 @@ def run_checks(source: Source, opts: CheckOptions) -> CheckReport:
     problems.sort(key=lambda p: (order.get(p.severity, 3), p.file or "", p.code))
     return CheckReport(images=results, captions=captions, problems=problems, resolution=opts.target_resolution(),
                        family=opts.family, preset=opts.preset)
-
-
-def iter_problem_lines(problems: Iterable[Problem]) -> Iterable[str]:
-    for p in problems:
-        yield f"{p.severity:7} {p.code:22} {p.file or '-'}: {p.message}" + (f"  -> {p.hint}" if p.hint else "")

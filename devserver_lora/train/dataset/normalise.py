@@ -71,6 +71,7 @@ def prepare_dataset(
     crop_size: int | None = None,
     family: str = "sd35_large",
     preset: str | None = None,
+    resolution: int | None = None,
     card: DatasetCard | None = None,
     skip_bad: bool = False,
     overwrite: bool = False,
@@ -99,8 +100,8 @@ def prepare_dataset(
     try:
         result = _prepare_into(
             source, staging, out, name=name, trigger=trigger, repeats=repeats, resize=resize, max_side=max_side,
-            crop_size=crop_size, family=family, preset=preset, card=card, skip_bad=skip_bad, workers=workers,
-            zip_limits=zip_limits,
+            crop_size=crop_size, family=family, preset=preset, resolution=resolution, card=card, skip_bad=skip_bad,
+            workers=workers, zip_limits=zip_limits,
         )
         _swap_into_place(staging, out)
     except BaseException:
@@ -132,6 +133,7 @@ def _prepare_into(
     crop_size: int | None,
     family: str,
     preset: str | None,
+    resolution: int | None,
     card: DatasetCard | None,
     skip_bad: bool,
     workers: int | None,
@@ -139,11 +141,15 @@ def _prepare_into(
 ) -> PrepareResult:
     images_tmp = staging / ".images"
     images_tmp.mkdir()
-    opts = CheckOptions(
-        family=family, preset=preset, trigger=trigger, normalise=True, staging_dir=str(images_tmp), resize=resize,
-        max_side=max_side, crop_size=crop_size, workers=workers,
-    )
     with open_source(source_path, zip_limits=zip_limits) as src:
+        if trigger is None and src.class_name:
+            # A Kohya tree's `N_<name>` folder names the trigger when none is given.
+            trigger = _check_trigger(src.class_name)
+        opts = CheckOptions(
+            family=family, preset=preset, resolution=resolution, trigger=trigger, normalise=True,
+            staging_dir=str(images_tmp),
+            resize=resize, max_side=max_side, crop_size=crop_size, workers=workers,
+        )
         report = run_checks(src, opts)
         kind, src_root = src.kind, str(Path(source_path).expanduser().absolute())
         preset_repeats = get_preset(preset).hyper.get("repeats") if preset else None

@@ -75,7 +75,7 @@ def safe_extract(zip_path: str | Path, dest: str | Path, *, limits: ZipLimits | 
 def _check_member(info: zipfile.ZipInfo, zip_path: Path, limits: ZipLimits) -> None:
     name = info.filename
     try:
-        check_relative_name(name.rstrip("/") if info.is_dir() else name, what="ZIP member")
+        check_relative_name(name[:-1] if name.endswith("/") else name, what="ZIP member")
     except UnsafePathError as exc:
         raise _refuse(
             zip_path, name, str(exc.message), "zip_unsafe_path",
@@ -113,12 +113,19 @@ def _extract_all(zf: zipfile.ZipFile, zip_path: Path, dest: Path, limits: ZipLim
     written: list[str] = []
     total = 0
     for info in infos:
-        if info.is_dir() or _is_junk(info.filename):
+        if info.filename.endswith("/") or _is_junk(info.filename):
             continue
         target = safe_join(dest, info.filename, what="ZIP member")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        # The folders we just made are ours; a member cannot have planted a link there (links are refused).
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            # The folders we just made are ours; a member cannot have planted a link there (links are refused).
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except OSError as exc:
+            # Two members with one name, or a file where another member needs a folder.
+            raise _refuse(
+                zip_path, info.filename, f"member clashes with another member ({exc.strerror})", "zip_conflict",
+                "the archive holds the same name twice; create it again from the folder",
+            ) from exc
         count = 0
         try:
             with os.fdopen(fd, "wb") as out, zf.open(info) as src:

@@ -295,8 +295,8 @@ def build_command(
         atomic_write_text(config_toml, header + tomli_w.dumps(cfg))
     script = str(scripts_dir / fam.kohya_script)
     if num_processes > 1:
-        launcher = [str(python), "-m", "accelerate.commands.launch", "--num_processes", str(num_processes),
-                    "--num_cpu_threads_per_process", "2"]
+        launcher = [str(python), "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+                    str(num_processes), "--num_machines", "1", "--num_cpu_threads_per_process", "2"]
     else:
         launcher = [str(python)]
     argv = [*launcher, script, "--config_file", str(config_toml), *extra]

@@ -14,6 +14,7 @@ import codecs
 import json
 import os
 import re
+import select
 import signal
 import subprocess
 import threading
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import BackendError, DatasetError, LoraFileError, PlanError, Problem
-from ...paths import atomic_write_json, copy_no_overwrite, free_name
+from ...paths import atomic_write_json, check_simple_name, copy_no_overwrite, free_name
 from ..events import CheckpointEvent, DoneEvent, ErrorEvent, LogEvent, ProgressEvent
 from ..safetensors_meta import read_header
 from . import args as kargs
@@ -104,6 +105,7 @@ class KohyaBackend:
     def run(self, job: Any, *, resume: bool = False, stop: threading.Event | None = None) -> Path:
         stop = stop or threading.Event()
         plan = job.plan
+        check_simple_name(plan.output_name, what="LoRA output name")  # it becomes file and folder names
         root = Path(job.work_dir) / "kohya"
         root.mkdir(parents=True, exist_ok=True)
         ledger = _read_ledger(root)
@@ -188,20 +190,32 @@ class KohyaBackend:
         splitter = kprog.LineSplitter()
         assert proc.stdout is not None
         fd = proc.stdout.fileno()
-        with open(logs / "kohya.log", "ab") as raw_log:
-            while True:
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    break
-                raw_log.write(chunk)
-                for line in splitter.feed(decoder.decode(chunk)):
+        try:
+            with open(logs / "kohya.log", "ab") as raw_log:
+                while True:
+                    # Wake up now and then even when sd-scripts is silent (a long step): publish a checkpoint
+                    # that finished writing, and send progress held back by the throttle.
+                    ready, _, _ = select.select([fd], [], [], 0.5)
+                    if not ready:
+                        state.tick()
+                        continue
+                    chunk = os.read(fd, 65536)
+                    if not chunk:
+                        break
+                    raw_log.write(chunk)
+                    for line in splitter.feed(decoder.decode(chunk)):
+                        state.line(line)
+                    if state.watcher.nan_losses >= self.nan_limit and not state.stopping:
+                        state.stop_reason = "nan"
+                        stop.set()
+                for line in splitter.flush():
                     state.line(line)
-                if state.watcher.nan_losses >= self.nan_limit and not state.stopping:
-                    state.stop_reason = "nan"
-                    stop.set()
-            for line in splitter.flush():
-                state.line(line)
-            raw_log.flush()
+                raw_log.flush()
+        except BaseException:
+            # We can no longer watch it (our bug, a full disk, KeyboardInterrupt): never leave it training blind.
+            _kill_group(proc.pid, signal.SIGKILL)
+            proc.wait()
+            raise
         returncode = proc.wait()
         state.done = True
         stop_requested = stop.is_set() and state.stop_reason != "nan"
@@ -290,6 +304,12 @@ class _RunState:
             self.pending.append(self.attempt.dir / Path(item.path).name)
         elif isinstance(item, kprog.ModelSavedLine):
             self.publish_ready()
+
+    def tick(self) -> None:
+        if self.pending:
+            self.publish_ready()
+        if self._unsent is not None and time.monotonic() - self._last_emit >= self.interval:
+            self.flush_progress()
 
     def flush_progress(self) -> None:
         item = self._unsent

@@ -1,0 +1,136 @@
+"""Installing a trained LoRA: checkpoint choice, header-only metadata, never overwriting, the output config."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from kohya_standin import fixtures as standin_fixtures
+from kohya_standin.build import schemas_tree, write_safetensors
+
+from devserver_lora.config import SchemasTree, load_output_config
+from devserver_lora.errors import ConfigError, JobError, LoraFileError
+from devserver_lora.train.install import install_job, pick_checkpoint
+from devserver_lora.train.kohya.backend import KohyaBackend
+from devserver_lora.train.safetensors_meta import read_header, tensor_bytes_equal, write_with_metadata
+from devserver_lora.validate import validate_paths
+from devserver_lora.workflow import inject_loras
+
+kohya_env = standin_fixtures.kohya_env  # the shared pytest fixture
+
+
+@pytest.fixture
+def trained(kohya_env):
+    job = kohya_env.job()
+    KohyaBackend(kohya_env.settings, progress_interval_s=0).run(job)
+    job.set_state("done", lora_path=str(job.outputs_dir / "tiny_sd3_lora.safetensors"))
+    return job
+
+
+def test_header_rewrite_keeps_tensor_bytes(tmp_path):
+    src = write_safetensors(tmp_path / "a.safetensors", ["x", "y"], {"ss_a": "1"})
+    out = write_with_metadata(src, tmp_path / "b.safetensors", {"ss_a": "1", "devserver_lora.x": "é" * 3})
+    assert tensor_bytes_equal(src, out) and read_header(out).metadata["devserver_lora.x"] == "ééé"
+    assert read_header(out).data_start % 8 == 0
+    again = write_with_metadata(src, tmp_path / "b.safetensors", {})
+    assert again.name == "b-2.safetensors" and read_header(out).metadata  # the first copy is untouched
+    (tmp_path / "cut.safetensors").write_bytes(src.read_bytes()[:-1])
+    with pytest.raises(LoraFileError, match="incomplete"):
+        write_with_metadata(tmp_path / "cut.safetensors", tmp_path / "c.safetensors", {})
+
+
+def test_install_whole_flow_config_loads_validates_and_injects(kohya_env, trained):
+    schemas = schemas_tree(kohya_env.root / "schemas")
+    loras = kohya_env.root / "loras"
+    result = install_job(trained, loras_dir=loras, schemas_dir=schemas)
+    installed = loras / "tiny_sd3_lora.safetensors"
+    assert result.lora_path == str(installed) and result.config_name == "sd35_large_tiny_sd3_lora"
+    assert tensor_bytes_equal(installed, trained.outputs_dir / "tiny_sd3_lora.safetensors")
+    meta = read_header(installed).metadata
+    assert json.loads(meta["devserver_lora.trigger_words"]) == ["tinyobj"]
+    assert json.loads(meta["devserver_lora.card"])["licence"] == "CC0-1.0"
+    assert json.loads(meta["devserver_lora.plan"])["output_name"] == "tiny_sd3_lora"
+    assert meta["modelspec.trigger_phrase"] == "tinyobj" and meta["modelspec.license"] == "CC0-1.0"
+    assert meta["ss_network_dim"] == "4"  # the trainer's own ss_* entries are kept
+    assert (installed.stat().st_mode & 0o777) == 0o644
+    # the config: both spellings, valid, resolvable, and it injects a LoRA loader for our file
+    path = schemas / "configs" / "output" / "sd35_large_tiny_sd3_lora.json"
+    raw = json.loads(path.read_text())
+    top = raw["lora"] if isinstance(raw["lora"], list) else [raw["lora"]]
+    assert top[0]["name"] == "tiny_sd3_lora.safetensors"
+    assert raw["parameters"]["loras"][0]["name"] == "tiny_sd3_lora.safetensors"
+    assert raw["parameters"]["OUTPUT_CHUNK"] == "output_image_sd35_large"
+    cfg = load_output_config(path)
+    assert [s.name for s in cfg.loras] == ["tiny_sd3_lora.safetensors"] and cfg.loras[0].trigger_words == ("tinyobj",)
+    assert [p for p in validate_paths([schemas]) if p.severity == "error"] == []
+    resolved = SchemasTree.load(schemas).resolve("sd35_large_tiny_sd3_lora")
+    graph = inject_loras(resolved.chunk.workflow, resolved.loras)
+    loaders = [n for n in graph.values() if n["class_type"].startswith("LoraLoader")]
+    assert [n["inputs"]["lora_name"] for n in loaders] == ["tiny_sd3_lora.safetensors"]
+    assert json.loads((trained.dir / "install.json").read_text())["config_path"] == str(path)
+
+
+def test_install_never_overwrites(kohya_env, trained):
+    schemas = schemas_tree(kohya_env.root / "schemas")
+    loras = kohya_env.root / "loras"
+    first = install_job(trained, loras_dir=loras, schemas_dir=schemas)
+    with pytest.raises(ConfigError, match="already exists"):
+        install_job(trained, loras_dir=loras, schemas_dir=schemas)
+    second = install_job(trained, loras_dir=loras, schemas_dir=schemas, config_name="sd35_large_tiny_again")
+    assert second.lora_name == "tiny_sd3_lora-2.safetensors" and first.lora_name == "tiny_sd3_lora.safetensors"
+    again = load_output_config(schemas / "configs/output/sd35_large_tiny_again.json")
+    assert [s.name for s in again.loras] == ["tiny_sd3_lora-2.safetensors"]
+
+
+def test_unsafe_config_names_are_refused_with_a_suggestion(kohya_env, trained):
+    schemas = schemas_tree(kohya_env.root / "schemas")
+    for bad, marker in (("sd35_large_faces", "ace"), ("sd35_large_music_room", "music")):
+        with pytest.raises(ConfigError, match=marker) as exc:
+            install_job(trained, loras_dir=kohya_env.root / "loras", schemas_dir=schemas, config_name=bad)
+        assert "--config-name" in exc.value.hint
+    with pytest.raises(Exception, match="not allowed"):
+        install_job(trained, loras_dir=kohya_env.root / "loras", schemas_dir=schemas, config_name="../x")
+    assert not (kohya_env.root / "loras").exists()  # refused before anything was copied
+
+
+def test_epoch_choice_and_unfinished_jobs(kohya_env, trained):
+    assert pick_checkpoint(trained, 1).name == "tiny_sd3_lora-000001.safetensors"
+    assert pick_checkpoint(trained, 2).name == "tiny_sd3_lora.safetensors"  # the last epoch is the final file
+    with pytest.raises(JobError, match="epoch 7"):
+        pick_checkpoint(trained, 7)
+    result = install_job(trained, loras_dir=kohya_env.root / "loras", schemas_dir=None, epoch=1)
+    assert result.lora_name == "tiny_sd3_lora-000001.safetensors" and result.config_path is None
+    assert any("--schemas" in w for w in result.warnings)
+    fresh = kohya_env.job("not_trained")
+    with pytest.raises(JobError, match="no final LoRA"):
+        pick_checkpoint(fresh)
+
+
+def test_keys_that_would_not_load_are_refused(kohya_env, trained):
+    final = trained.outputs_dir / "tiny_sd3_lora.safetensors"
+    header = read_header(final)
+    end = header.data_len
+    bad = dict(header.tensors)
+    # an SD3.5 Medium key: Large has no attn2, so ComfyUI would log "lora key not loaded"
+    bad["lora_unet_joint_blocks_0_x_block_attn2_qkv.lora_down.weight"] = {
+        "dtype": "BF16", "shape": [4, 128], "data_offsets": [end, end + 1024]}
+    body = final.read_bytes()[header.data_start:]
+    final.unlink()
+    raw = json.dumps({"__metadata__": header.metadata, **bad}).encode()
+    raw += b" " * (-len(raw) % 8)
+    import struct
+
+    final.write_bytes(struct.pack("<Q", len(raw)) + raw + body + bytes(1024))
+    with pytest.raises(LoraFileError, match="would not load"):
+        install_job(trained, loras_dir=kohya_env.root / "loras", schemas_dir=None)
+    assert not (kohya_env.root / "loras").exists()
+
+
+def test_rewritten_headers_never_look_like_pickles(tmp_path):
+    """A header length with low byte 0x80 (or "PK") would be refused by pickle sniffers: we pad past it."""
+    src = write_safetensors(tmp_path / "a.safetensors", ["x"])
+    for n in range(0, 300, 3):
+        out = write_with_metadata(src, tmp_path / f"o{n}.safetensors", {"k": "v" * n})
+        head = out.read_bytes()[:2]
+        assert head[:1] != b"\x80" and head != b"PK"
+        assert tensor_bytes_equal(src, out)
