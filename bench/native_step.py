@@ -1,6 +1,6 @@
 """Benchmark: the native backend's training loop vs a minimal diffusers + peft loop, same tiny SD3, same data.
 
-    .venv/bin/python bench/native_step.py [--steps 40] [--repeats 2]
+    .venv/bin/python bench/native_step.py [--steps 60] [--repeats 3]
 
 Each loop runs in its own subprocess (so peak RSS, from ru_maxrss, is its own) on the tiny MMDiT of the
 real-ComfyUI test checkpoint (depth 2, hidden 128) with the same cached latents/embeddings (256 px, 4 images),
@@ -103,8 +103,8 @@ def run_worker(kind: str, steps: int) -> dict[str, float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--worker", choices=["native", "reference"])
     args = parser.parse_args()
     if args.worker:

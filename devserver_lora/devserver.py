@@ -28,8 +28,8 @@ from pydantic import ValidationError
 from .comfy.client import ComfyClient, EventCallback, Timeouts
 from .comfy.preflight import check_installed, check_key_coverage, lora_nodes_in
 from .comfy.sync import run_sync
-from .config import OutputChunk, SchemasTree
-from .errors import ConfigError, DevserverLoraError, WorkflowError
+from .config import OutputChunk, SchemasTree, load_output_config, read_json_file
+from .errors import ConfigError, DevserverLoraError, Problem, WorkflowError
 from .graph import NodeTypes
 from .lora_spec import LoraSpec
 from .paths import safe_join
@@ -150,6 +150,36 @@ def triggers_in(workflow: Mapping[str, Any]) -> list[str]:
     return words
 
 
+def check_lora_configs(schemas_dir: str | Path) -> list[str]:
+    """Parse every output config in `schemas_dir` that carries LoRAs; returns their names.
+
+    A broken LoRA config should stop the app start, not a student's request. Configs without LoRAs are
+    DevServer's business and are not judged here (its tree holds audio/video configs we do not model).
+    """
+    folder = Path(schemas_dir) / "configs" / "output"
+    if not folder.is_dir():
+        raise ConfigError(f"{folder} does not exist", hint="pass DevServer's devserver/schemas folder as schemas_dir")
+    names: list[str] = []
+    problems = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            data = read_json_file(path)
+        except ConfigError as exc:
+            problems.append(Problem(message=exc.message, file=str(path)))
+            continue
+        params = data.get("parameters") if isinstance(data, dict) else None
+        if not isinstance(data, dict) or not ("lora" in data or (isinstance(params, dict) and params.get("loras"))):
+            continue
+        try:
+            load_output_config(path)
+            names.append(path.stem)
+        except ConfigError as exc:
+            problems += exc.problems or [Problem(message=exc.message, file=str(path))]
+    if problems:
+        raise ConfigError(f"LoRA output configs in {folder} are invalid", problems)
+    return names
+
+
 def install_into_devserver(
     backend_router_cls_or_instance: Any,
     *,
@@ -169,8 +199,7 @@ def install_into_devserver(
             f"{target!r} has no _inject_lora_nodes: this is not DevServer's BackendRouter (or its API changed)",
             hint="pass devserver.schemas.engine.backend_router.BackendRouter",
         )
-    # Validate the schemas tree now: a broken LoRA config should stop the app start, not a student's request.
-    SchemasTree.load(schemas_dir)
+    check_lora_configs(schemas_dir)
     injector = LoraInjector(Path(loras_dir) if loras_dir else None, object_info, arch)
     is_class = isinstance(target, type)
     original_apply = getattr(target, "_apply_input_mappings", None)

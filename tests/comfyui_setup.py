@@ -35,7 +35,9 @@ TORCH_PINS = ["torch==2.14.1", "torchvision==0.29.1"]
 SKIP_REQUIREMENTS = {"torch", "torchvision", "torchaudio"}
 EXTRA_REQUIREMENTS = ["requests"]
 READY_MARK = "READY"
-TINY_CHECKPOINT_NAME = "tiny_sd3_random.safetensors"
+TINY_CHECKPOINT_NAME = "tiny_sd3_random.safetensors"  # the name ComfyUI sees (as in the recorded fixtures)
+# The cached file carries a version: bump it whenever devserver_lora.testing.tiny_sd3 changes layout or init.
+TINY_CHECKPOINT_FILE = "tiny_sd3_random-v1.safetensors"
 
 
 def install_dir() -> Path:
@@ -54,7 +56,7 @@ def comfy_main(base: Path) -> Path:
 
 
 def tiny_checkpoint_path(base: Path) -> Path:
-    return base / "models" / TINY_CHECKPOINT_NAME
+    return base / "models" / TINY_CHECKPOINT_FILE
 
 
 def is_ready(base: Path) -> bool:

@@ -263,3 +263,31 @@ def test_stage4_refuses_the_diffusers_chunk(tmp_path: Path) -> None:
     (schemas / "chunks" / "output_image_sd35_diffusers.json").write_text(json.dumps(diff))
     with pytest.raises(ConfigError, match="ignores LoRAs"):
         Stage4Runner(schemas, "http://127.0.0.1:9").prepare("sd35_diffusers_lora", "x")
+
+
+def test_installed_injector_refuses_a_lora_that_would_not_load(router_cls, tmp_path: Path) -> None:
+    from devserver_lora.errors import LoraFileError
+
+    loras = tmp_path / "loras"
+    loras.mkdir()
+    bad = SAMPLES.parent / "fixtures" / "comfyui" / "loras" / "tiny_sd3_bad_keys.safetensors"
+    shutil.copyfile(bad, loras / "yorubaheritage_sd35.safetensors")
+    install_into_devserver(router_cls, schemas_dir=SCHEMAS, loras_dir=loras, arch="sd3:2:te=clip_l")
+    with pytest.raises(LoraFileError, match="does not fit the model: ComfyUI would skip 10 of its keys"):
+        router_cls().process_workflow_chunk("x", yoruba_parameters(), chunk())
+
+
+def test_install_checks_only_lora_configs(router_cls, tmp_path: Path) -> None:
+    from devserver_lora.devserver import check_lora_configs
+
+    schemas = tmp_path / "schemas"
+    shutil.copytree(SCHEMAS, schemas)
+    out = schemas / "configs" / "output"
+    (out / "acestep_music.json").write_text(json.dumps({"whatever": "DevServer's own shape"}))
+    assert check_lora_configs(schemas) == ["sd35_large_yoruba"]
+    broken = json.loads((out / "sd35_large_yoruba.json").read_text())
+    broken["lora"]["strength_model"] = 500
+    (out / "broken_lora.json").write_text(json.dumps(broken))
+    with pytest.raises(ConfigError) as info:
+        install_into_devserver(router_cls, schemas_dir=schemas)
+    assert "broken_lora.json" in str(info.value)

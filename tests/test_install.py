@@ -101,6 +101,13 @@ def test_epoch_choice_and_unfinished_jobs(kohya_env, trained):
     result = install_job(trained, loras_dir=kohya_env.root / "loras", schemas_dir=None, epoch=1)
     assert result.lora_name == "tiny_sd3_lora-000001.safetensors" and result.config_path is None
     assert any("--schemas" in w for w in result.warnings)
+    step = install_job(trained, loras_dir=kohya_env.root / "loras", schemas_dir=None,
+                       checkpoint="tiny_sd3_lora-step00000002.safetensors")
+    assert step.lora_name == "tiny_sd3_lora-step00000002.safetensors"
+    with pytest.raises(Exception, match="not allowed"):
+        pick_checkpoint(trained, checkpoint="../../etc/passwd")
+    with pytest.raises(JobError, match="no checkpoint"):
+        pick_checkpoint(trained, checkpoint="nope.safetensors")
     fresh = kohya_env.job("not_trained")
     with pytest.raises(JobError, match="no final LoRA"):
         pick_checkpoint(fresh)

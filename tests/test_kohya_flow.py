@@ -44,7 +44,12 @@ def test_prepare_plan_run_install(kohya_env, capsys):
 
     assert train_main(["check", "--job", job_id, "--no-probe", "--json", *where, *kohya]) == 0
     assert _json(capsys)["ok"]
-    assert train_main(["run", job_id, "--backend", "kohya", "--timeout", "120", *where, *kohya]) == 0
+    # the foreground preflight asks the venv's torch: this machine's CPU build has no sm_120 kernels for the
+    # planned RTX 5090, so nothing starts and the fix is printed
+    assert train_main(["run", job_id, "--backend", "kohya", *where, *kohya]) == 1
+    refused = capsys.readouterr()
+    assert "sm_120" in refused.out and "cu128" in refused.out and "not started" in refused.err
+    assert train_main(["run", job_id, "--backend", "kohya", "--no-preflight", "--timeout", "120", *where, *kohya]) == 0
     shown = capsys.readouterr().out
     assert "LoRA ready" in shown and "flow_lora-step00000002.safetensors" in shown
 

@@ -98,7 +98,8 @@ def test_cli_run_status_from_plan_file(kohya_env, capsys, monkeypatch):
     plan_file.write_text(job.plan.model_dump_json())
     common = ["--jobs-dir", str(kohya_env.jobs_dir), "--kohya-dir", str(kohya_env.kohya_dir),
               "--models-dir", str(kohya_env.models_dir)]
-    assert train_main(["run", str(plan_file), "--backend", "kohya", "--json", "--timeout", "60", *common]) == 0
+    assert train_main(["run", str(plan_file), "--backend", "kohya", "--json", "--no-preflight", "--timeout", "60",
+                       *common]) == 0
     lines = capsys.readouterr().out
     new_id = json.loads(lines[lines.index("{"):lines.index("}\n") + 1])["job"]
     assert new_id != job.id

@@ -114,7 +114,7 @@ def run_demo(
     (models_dir / "loras").mkdir(parents=True, exist_ok=True)
 
     # 1. images a student might bring (here: a planted concept), with the dataset card, then `prepare`.
-    raw = write_planted_images(out / "images", n=6, size=256, trigger=TRIGGER)
+    raw = write_planted_images(out / "images", n=4, size=256, trigger=TRIGGER)
     atomic_write_json(raw / "card.json", PLANTED_CARD)
     dataset = prepare_dataset(raw, out / "dataset", name="demo", trigger=TRIGGER, family="sd35_large",
                               preset="quick_test", card=load_card(raw / "card.json"), overwrite=True).out_dir
@@ -123,7 +123,7 @@ def run_demo(
     # 3. plan + job; the job records where its model is, so `status`/`resume` work on it like on any job.
     plan = make_plan("sd35_large", "quick_test", dataset, gpu=None, backend="native", output_name=OUTPUT_NAME,
                      overrides={"resolution": 256, "max_train_steps": steps, "learning_rate": 2e-3,
-                                "network_dim": 8, "network_alpha": 4})
+                                "network_dim": 8, "network_alpha": 4, "save_every_n_epochs": 5})
     settings = load_settings(home=str(out / "home"), jobs_dir=str(out / "jobs"), models_dir=str(models_dir))
     job = JobStore(settings.jobs_dir).create(plan, card=load_card(dataset / "card.json"))
     source = ModelSource(checkpoint=checkpoint)

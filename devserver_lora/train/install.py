@@ -44,19 +44,25 @@ def list_checkpoints(job: Any) -> list[Path]:
     return sorted(Path(job.outputs_dir).glob("*.safetensors"))
 
 
-def pick_checkpoint(job: Any, epoch: int | None = None) -> Path:
-    """The final LoRA of a finished job, or the checkpoint saved after `epoch`."""
+def pick_checkpoint(job: Any, epoch: int | None = None, checkpoint: str | None = None) -> Path:
+    """The final LoRA of a finished job, the checkpoint saved after `epoch`, or one named file of outputs/."""
     name = job.plan.output_name
     outputs = Path(job.outputs_dir)
     available = ", ".join(p.name for p in list_checkpoints(job)) or "none"
+    if checkpoint is not None:
+        check_simple_name(checkpoint, what="checkpoint file name")
+        chosen = outputs / checkpoint
+        if not checkpoint.endswith(".safetensors") or not chosen.is_file():
+            raise JobError(f"job {job.id} has no checkpoint {checkpoint!r}", hint=f"checkpoints: {available}")
+        return chosen
     if epoch is None:
         info = job.info
         final = Path(info["lora_path"]) if info.get("lora_path") else outputs / f"{name}.safetensors"
         if info.get("state") != "done" or not final.is_file():
             raise JobError(
                 f"job {job.id} has no final LoRA (state: {info.get('state')})",
-                hint=f"wait for it to finish, `resume {job.id}`, or install a saved epoch with --epoch N "
-                f"(checkpoints: {available})",
+                hint=f"wait for it to finish, `resume {job.id}`, or install a saved one with --epoch N or "
+                f"--checkpoint FILE (checkpoints: {available})",
             )
         return final
     candidate = outputs / f"{name}-{epoch:06d}.safetensors"
@@ -189,6 +195,7 @@ def install_job(
     loras_dir: Path | None,
     schemas_dir: Path | None,
     epoch: int | None = None,
+    checkpoint: str | None = None,
     config_name: str | None = None,
     strength: float = 1.0,
     check_keys: bool = True,
@@ -198,7 +205,7 @@ def install_job(
         raise JobError("no loras folder given", hint="pass --loras-dir (ComfyUI's models/loras) or set COMFYUI_LORAS_DIR")
     plan = job.plan
     check_simple_name(plan.output_name, what="LoRA output name")
-    source = pick_checkpoint(job, epoch)
+    source = pick_checkpoint(job, epoch, checkpoint)
     header = read_header(source)
     if not header.complete:
         raise LoraFileError(f"{source} is incomplete", hint="the trainer may still be writing it")
@@ -223,6 +230,8 @@ def install_job(
                               hint="choose another name with --config-name; an existing config is never replaced")
     trigger_words = [plan.trigger] if plan.trigger else []
     stem = plan.output_name if epoch is None else f"{plan.output_name}-{epoch:06d}"
+    if checkpoint is not None:
+        stem = checkpoint.removesuffix(".safetensors")
     written = write_with_metadata(source, Path(loras_dir) / f"{stem}.safetensors",
                                   provenance_metadata(header.metadata, job, source))
     result = InstallResult(job_id=job.id, source=str(source), lora_path=str(written), lora_name=written.name,

@@ -42,25 +42,23 @@ def print_findings(findings: list[Problem]) -> None:
 
 def _cmd_check(args: argparse.Namespace) -> int:
     settings = settings_from(args)
-    family, capability, gpu_name, needs_bnb = args.family, args.gpu_capability, None, args.eight_bit
     if args.job:
         from ..jobs import JobStore
+        from ..kohya.backend import KohyaBackend
 
-        plan = JobStore(settings.jobs_dir).get(args.job).plan
-        family = plan.family
-        if plan.gpu is not None:
-            capability = capability or plan.gpu.compute_capability
-            gpu_name = plan.gpu.name
-        needs_bnb = needs_bnb or plan.memory.use_8bit_optimizer or "8bit" in plan.hyper.optimizer.lower()
-    findings = check_environment(
-        settings.kohya_dir,
-        family=family,
-        models_dir=settings.models_dir,
-        needs_bitsandbytes=needs_bnb,
-        gpu_capability=capability,
-        gpu_name=gpu_name,
-        probe=not args.no_probe,
-    )
+        job = JobStore(settings.jobs_dir).get(args.job)
+        family = job.plan.family
+        findings = KohyaBackend(settings).preflight(job, probe=not args.no_probe)
+    else:
+        family = args.family
+        findings = check_environment(
+            settings.kohya_dir,
+            family=family,
+            models_dir=settings.models_dir,
+            needs_bitsandbytes=args.eight_bit,
+            gpu_capability=args.gpu_capability,
+            probe=not args.no_probe,
+        )
     bad = blockers(findings)
     if args.json:
         print_json({"family": family, "ok": not bad, "findings": [p.as_dict() for p in findings]})
@@ -80,7 +78,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Print every finding about the Kohya setup with its fix; exit code 1 if anything blocks training.",
     )
     p.add_argument("--family", default="sd35_large", choices=sorted(FAMILIES), help="model family (default sd35_large)")
-    p.add_argument("--job", help="take family, GPU and optimizer from this job's plan")
+    p.add_argument("--job", help="check for this job: its family, GPU and optimizer, and generate its Kohya files "
+                   "as a dry run")
     p.add_argument("--gpu-capability", help="compute capability to check torch against, e.g. 12.0 for an RTX 5090")
     p.add_argument("--8bit", dest="eight_bit", action="store_true", help="also require bitsandbytes")
     p.add_argument("--no-probe", action="store_true", help="do not start the venv's Python (skips torch checks)")

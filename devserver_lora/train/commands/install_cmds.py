@@ -20,6 +20,7 @@ def _cmd_install(args: argparse.Namespace) -> int:
         loras_dir=settings.comfyui_loras_dir,
         schemas_dir=settings.devserver_schemas_dir,
         epoch=args.epoch,
+        checkpoint=args.checkpoint,
         config_name=args.config_name,
         strength=args.strength,
         check_keys=not args.no_key_check,
@@ -47,6 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("job", metavar="JOB")
     p.add_argument("--epoch", type=int, help="install the checkpoint saved after this epoch instead of the final one")
+    p.add_argument("--checkpoint", metavar="FILE",
+                   help="install this file of the job's outputs/ (e.g. a step checkpoint of a cancelled job)")
     p.add_argument("--loras-dir", type=Path, help="ComfyUI/SwarmUI loras folder (env COMFYUI_LORAS_DIR)")
     p.add_argument("--schemas", type=Path, help="DevServer's devserver/schemas folder (env DEVSERVER_SCHEMAS_DIR)")
     p.add_argument("--config-name", help="name of the output config (default: sd35_large_<output name>)")

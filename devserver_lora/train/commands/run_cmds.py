@@ -87,6 +87,8 @@ def show_follow(job: Any, *, timeout_s: float, poll_s: float = 0.5, replay: bool
 def _cmd_run(args: argparse.Namespace, *, resume: bool = False) -> int:
     settings = settings_from(args)
     job = _job_or_new(settings, args.job)
+    if not args.no_preflight and _refused_by_preflight(job, settings, args):
+        return 1
     pid = runner.start(job, settings, backend=args.backend, resume=resume, num_processes=args.num_processes)
     if args.json:
         print_json({"job": job.id, "pid": pid, "state": job.state, "resume": resume})
@@ -102,6 +104,27 @@ def _cmd_run(args: argparse.Namespace, *, resume: bool = False) -> int:
     if args.json:
         print_json({"job": job.id, "state": state, "info": job.info})
     return 0 if state in ("done", "running") else 1
+
+
+def _refused_by_preflight(job: Any, settings: Any, args: argparse.Namespace) -> bool:
+    """Check the Kohya setup in the foreground, so a student sees every blocker at once, before anything starts."""
+    from ..backends import kohya_available
+    from ..kohya.backend import KohyaBackend
+    from ..kohya.venv import blockers
+    from .check_cmds import print_findings
+
+    if args.backend == "native" or (args.backend == "auto" and not kohya_available(settings)):
+        return False
+    findings = KohyaBackend(settings).preflight(job)
+    bad = blockers(findings)
+    if not bad:
+        return False
+    if args.json:
+        print_json({"job": job.id, "started": False, "findings": [p.as_dict() for p in findings]})
+    else:
+        print_findings(bad)
+        err.print(f"not started: fix the above (`check --job {job.id}` shows everything), or --no-preflight")
+    return True
 
 
 def _last(events: list[dict], kind: str) -> dict | None:
@@ -181,6 +204,8 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
                    help="kohya (sd-scripts in its venv), native, or auto (kohya if configured; default)")
     p.add_argument("--num-processes", type=int, default=1, help="GPUs to use via `accelerate launch` (Kohya)")
     p.add_argument("--detach", action="store_true", help="start and return at once (default: show progress)")
+    p.add_argument("--no-preflight", action="store_true",
+                   help="start without checking the Kohya setup first (the check starts the venv's Python)")
     p.add_argument("--timeout", type=float, default=7 * 24 * 3600.0, help="stop following after this many seconds")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     add_location_flags(p)

@@ -83,7 +83,8 @@ class KohyaBackend:
         self.grace_s = grace_s
 
     # ---------------------------------------------------------------- checks
-    def preflight(self, job: Any) -> list[Problem]:
+    def preflight(self, job: Any, *, probe: bool = True) -> list[Problem]:
+        """Every finding about the setup for this job, plus a dry generation of its Kohya files and argv."""
         plan = job.plan
         gpu = getattr(plan, "gpu", None)
         problems = kvenv.check_environment(
@@ -93,12 +94,16 @@ class KohyaBackend:
             needs_bitsandbytes=_needs_bnb(plan),
             gpu_capability=getattr(gpu, "compute_capability", None),
             gpu_name=getattr(gpu, "name", None),
+            probe=probe,
         )
-        if not kvenv.blockers(problems):
-            try:
-                self._command(job, _Attempt(Path(job.work_dir) / "kohya", 0, 0), None, write=False)
-            except (PlanError, DatasetError, BackendError) as exc:
+        try:
+            self._command(job, _Attempt(Path(job.work_dir) / "kohya", 0, 0), None, write=False)
+        except (PlanError, DatasetError, BackendError) as exc:
+            if not any(p.code == (getattr(exc, "diagnosis", None) or "") for p in problems):
                 problems.append(Problem(exc.message, code="kohya_args", hint=exc.hint))
+        else:
+            problems.append(Problem("the generated config.toml, dataset.toml and argv pass the recorded flag list "
+                                    "and dataset schema", code="kohya_args", severity="info"))
         return problems
 
     # ---------------------------------------------------------------- run
@@ -279,10 +284,12 @@ class _RunState:
 
     def line(self, line: str) -> None:
         self.watcher.feed(line)
-        for code, text in self.watcher.signs.items():
-            if code not in self._logged:
-                self._logged.add(code)
-                self.job.append_event(LogEvent(level="error" if code != "traceback" else "warning", message=text[:500]))
+        if len(self.watcher.signs) > len(self._logged):
+            for code, text in self.watcher.signs.items():
+                if code not in self._logged:
+                    self._logged.add(code)
+                    if code != "traceback":  # only a marker; the line after it says what happened
+                        self.job.append_event(LogEvent(level="error", message=text[:500]))
         item = kprog.parse_line(line)
         if item is None:
             return

@@ -74,19 +74,20 @@ def lower_memory_hint(plan: Any | None) -> str:
     hyper = getattr(plan, "hyper", None)
     if mem is None or hyper is None:
         return "re-plan with a lower-memory preset (smaller resolution, batch size 1, gradient checkpointing)"
-    steps: list[tuple[bool, str]] = [
-        (not mem.gradient_checkpointing, "turn on gradient checkpointing (gradient_checkpointing=true)"),
-        (not mem.cache_text_encoder_outputs, "cache the text-encoder outputs (cache_text_encoder_outputs=true)"),
-        (not mem.fp8_base, "load the base model in fp8 (fp8_base=true)"),
-        (hyper.batch_size > 1, f"lower the batch size from {hyper.batch_size} to 1 (batch_size=1)"),
-        (not mem.use_8bit_optimizer and hyper.optimizer == "AdamW", "use the 8-bit optimizer (optimizer=AdamW8bit)"),
-        ((mem.blocks_to_swap or 0) < 16, f"swap more blocks to host RAM (blocks_to_swap={(mem.blocks_to_swap or 0) + 8})"),
-        (hyper.resolution > 512, f"train at a lower resolution (resolution={max(512, hyper.resolution - 256)})"),
-        (hyper.network_dim > 8, f"use a smaller rank (network_dim={max(4, hyper.network_dim // 2)})"),
+    swap = (mem.blocks_to_swap or 0) + 8
+    steps: list[tuple[bool, str, str]] = [
+        (not mem.gradient_checkpointing, "turn on gradient checkpointing", "gradient_checkpointing=true"),
+        (not mem.cache_text_encoder_outputs, "cache the text-encoder outputs", "cache_text_encoder_outputs=true"),
+        (not mem.fp8_base, "load the base model in fp8", "fp8_base=true"),
+        (hyper.batch_size > 1, f"lower the batch size from {hyper.batch_size} to 1", "batch_size=1"),
+        (not mem.use_8bit_optimizer and hyper.optimizer == "AdamW", "use the 8-bit optimizer", "use_8bit_optimizer=true"),
+        ((mem.blocks_to_swap or 0) < 16, "swap more transformer blocks to host RAM", f"blocks_to_swap={swap}"),
+        (hyper.resolution > 512, "train at a lower resolution", f"resolution={max(512, hyper.resolution - 256)}"),
+        (hyper.network_dim > 8, "use a smaller rank", f"network_dim={max(4, hyper.network_dim // 2)}"),
     ]
-    for applies, text in steps:
+    for applies, what, setting in steps:
         if applies:
-            return f"the GPU ran out of memory: {text}, then plan and run again"
+            return f"{what}: plan again with `--set {setting}`, then run the new job"
     return "even the smallest settings do not fit this GPU: train on a card with more VRAM"
 
 
@@ -119,7 +120,7 @@ def diagnose(
     if returncode == 0 and output_exists:
         return None
     if "cuda_oom" in signs:
-        return Diagnosis("cuda_oom", f"CUDA out of memory: {signs['cuda_oom'][:200]}", lower_memory_hint(plan))
+        return Diagnosis("cuda_oom", f"the GPU ran out of memory ({signs['cuda_oom'][:200]})", lower_memory_hint(plan))
     if "cuda_arch" in signs:
         return Diagnosis(
             "cuda_arch",
