@@ -134,3 +134,96 @@ def test_sync_facade_renders(comfyui_server: ComfyServer) -> None:
     wf = with_lora(tiny_sd35_graph(comfyui_server.checkpoint_name, seed=8, steps=1), "tiny_sd3_diffusers.safetensors")
     result = ComfySync(comfyui_server.url, timeouts=TIMEOUTS).run(wf)
     assert result.images and result.images[0].data[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+async def test_killed_server_ends_in_unreachable_not_a_hang(tmp_path) -> None:
+    """A second, private real server is killed mid-render: the client reports it within its bounds."""
+    import time
+
+    from comfyui_harness import require_install, start_comfyui, stop_comfyui
+
+    from devserver_lora.errors import ComfyUnreachable
+
+    server = start_comfyui(tmp_path / "base", install=require_install())
+    try:
+        wf = tiny_sd35_graph(server.checkpoint_name, seed=9, steps=5000)
+        quick = Timeouts(overall=60, idle=30, connect=5, http=10, unreachable_grace=2.0)
+        t0 = time.monotonic()
+        async with ComfyClient(server.url, timeouts=quick) as client:
+
+            def on_event(e: ev.Event) -> None:
+                if isinstance(e, ev.Progress) and e.value == 3:
+                    server.process.kill()
+
+            with pytest.raises(ComfyUnreachable) as info:
+                await client.run(wf, on_event=on_event)
+        assert time.monotonic() - t0 < 45
+        assert "stopped answering" in str(info.value) and info.value.hint
+    finally:
+        stop_comfyui(server)
+
+
+class _CuttingProxy:
+    """A loopback TCP proxy in front of the real server that can cut the websocket connections it carries."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.ws_writers: list[asyncio.StreamWriter] = []
+        self.server: asyncio.base_events.Server | None = None
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        first = await reader.read(65536)
+        if first.startswith(b"GET /ws"):
+            self.ws_writers.append(writer)
+        up_writer.write(first)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError, asyncio.CancelledError):
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    def cut_websockets(self) -> None:
+        for w in self.ws_writers:
+            w.transport.abort()
+
+    async def close(self) -> None:
+        assert self.server is not None
+        self.cut_websockets()
+        self.server.close()
+        await self.server.wait_closed()
+
+
+async def test_dropped_websocket_falls_back_to_history(comfyui_server: ComfyServer) -> None:
+    port = int(comfyui_server.url.rsplit(":", 1)[1])
+    proxy = _CuttingProxy(port)
+    url = await proxy.start()
+    events: list[ev.Event] = []
+    try:
+        wf = tiny_sd35_graph(comfyui_server.checkpoint_name, seed=10, steps=60)
+        async with ComfyClient(url, timeouts=TIMEOUTS) as client:
+
+            def on_event(e: ev.Event) -> None:
+                events.append(e)
+                if isinstance(e, ev.Progress) and e.value == 2:
+                    proxy.cut_websockets()
+
+            result = await client.run(wf, prompt_id="real-dropped-ws", on_event=on_event)
+    finally:
+        await proxy.close()
+    assert not result.used_websocket
+    assert any(isinstance(e, ev.FallbackToPolling) for e in result.events)
+    ran = json.loads(Image.open(io.BytesIO(result.images[0].data)).text["prompt"])
+    assert ran["8"]["inputs"]["seed"] == 10

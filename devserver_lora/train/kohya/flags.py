@@ -163,22 +163,3 @@ def check_dataset_config(doc: dict, *, file: str | None = None) -> list[Problem]
                         problems.append(Problem(f"required key {key!r} is missing", file=file,
                                                 path=f"{swhere}.{key}", code="missing"))
     return problems
-
-
-def check_flag_values(values: dict[str, Any], *, file: str | None = None) -> list[Problem]:
-    """Check flat `--config_file` keys (or argv flags) against the recorded flag list, choices included."""
-    flags = sd3_flags()
-    problems = []
-    for key, value in values.items():
-        flag = flags.get(key)
-        if flag is None or flag.action == "_HelpAction":
-            problems.append(Problem(f"flag --{key} does not exist in sd3_train_network.py at the pin",
-                                    file=file, path=key, code="unknown_flag"))
-            continue
-        if key in SD3_IGNORED_FLAGS:
-            problems.append(Problem(f"flag --{key} is parsed but silently ignored by SD3 training",
-                                    file=file, path=key, code="ignored_flag", hint="leave it out"))
-        if isinstance(flag.choices, list) and value not in flag.choices:
-            problems.append(Problem(f"--{key} {value!r} is not one of {flag.choices}", file=file, path=key,
-                                    code="choice"))
-    return problems
