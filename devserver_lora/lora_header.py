@@ -42,6 +42,11 @@ def _refuse_pickle(path: Path, why: str) -> LoraFileError:
     )
 
 
+def _looks_like_pickle(head: bytes) -> bool:
+    # torch.save writes a zip ("PK\x03\x04"); older files are a bare pickle (PROTO opcode 0x80, protocol 2-5).
+    return head[:4] == b"PK\x03\x04" or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"))
+
+
 def read_safetensors_header(path: str | os.PathLike[str]) -> tuple[dict[str, TensorInfo], dict[str, str], int]:
     """`(tensors, metadata, file_size)` from a .safetensors header, validated against the file.
 
@@ -57,9 +62,13 @@ def read_safetensors_header(path: str | os.PathLike[str]) -> tuple[dict[str, Ten
             kind = "a folder" if p.is_dir() else "not a regular file"
             raise LoraFileError(f"{p}: is {kind}, not a LoRA file", hint="give the path of the .safetensors file")
         with p.open("rb") as fh:
-            head = fh.read(8)
-            if head[:2] == b"PK" or head[:1] == b"\x80":
+            head = fh.read(9)
+            # The first 8 bytes of a safetensors file are a length, so they may be anything
+            # (0x80 or "PK" included); its JSON header always opens with '{' at byte 8.
+            if head[8:9] != b"{" and _looks_like_pickle(head):
                 raise _refuse_pickle(p, "the file is a PyTorch zip/pickle archive, not safetensors")
+            head = head[:8]
+            fh.seek(8)
             if len(head) < 8:
                 raise LoraFileError(
                     f"{p}: only {size} bytes, too short for a safetensors file (8-byte header length first)",

@@ -18,6 +18,17 @@ from typing import Any
 
 from .errors import UnsafePathError
 
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates files 0600; what we publish (LoRAs, configs) must be readable by ComfyUI or
+# DevServer running as another user, so give written files the mode a plain open() would.
+FILE_MODE = 0o666 & ~_current_umask()
+
 _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
 _SIMPLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -92,6 +103,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -135,6 +147,7 @@ def copy_no_overwrite(src: str | os.PathLike[str], dest: str | os.PathLike[str])
         shutil.copyfile(src, tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp, FILE_MODE)
         while True:
             candidate = free_name(target)
             try:

@@ -133,11 +133,16 @@ def test_keys_that_would_not_load_are_refused(kohya_env, trained):
     assert not (kohya_env.root / "loras").exists()
 
 
-def test_rewritten_headers_never_look_like_pickles(tmp_path):
-    """A header length with low byte 0x80 (or "PK") would be refused by pickle sniffers: we pad past it."""
+def test_rewritten_headers_of_every_length_read_back(tmp_path):
+    """Header lengths whose first byte is 0x80 or "PK" must still read as safetensors, not as pickles."""
+    from devserver_lora.lora_header import read_safetensors_header
+
     src = write_safetensors(tmp_path / "a.safetensors", ["x"])
+    firsts = set()
     for n in range(0, 300, 3):
         out = write_with_metadata(src, tmp_path / f"o{n}.safetensors", {"k": "v" * n})
-        head = out.read_bytes()[:2]
-        assert head[:1] != b"\x80" and head != b"PK"
+        firsts.add(out.read_bytes()[:1])
+        tensors, metadata, _ = read_safetensors_header(out)
+        assert metadata["k"] == "v" * n and tensors
         assert tensor_bytes_equal(src, out)
+    assert b"\x80" in firsts

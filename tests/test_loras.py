@@ -332,3 +332,22 @@ def test_random_headers_never_crash(tmp_path_factory: pytest.TempPathFactory, he
         inspect_lora(path)
     except LoraFileError:
         pass
+
+
+@pytest.mark.parametrize("length", [0x0180, 0x0280, 0x4B50, 0x034B50])
+def test_valid_files_whose_header_length_looks_like_a_pickle_or_zip(tmp_path: Path, length: int) -> None:
+    # The 8-byte length prefix may start with 0x80 or "PK"; that alone must not make a file "a pickle".
+    path = tmp_path / "lora.safetensors"
+    tensors = {"lora_unet_joint_blocks_0_x_block_attn_qkv.lora_down.weight": np.zeros((4, 128), dtype=np.float16)}
+    save_file(tensors, str(path), metadata={"pad": ""})
+    blob = path.read_bytes()
+    (n,) = struct.unpack("<Q", blob[:8])
+    header = json.loads(blob[8 : 8 + n])
+    header["__metadata__"]["pad"] = "x" * (length - n)  # grow the JSON to exactly `length` bytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (length - len(raw))
+    assert len(raw) == length
+    path.write_bytes(struct.pack("<Q", length) + raw + blob[8 + n :])
+    assert path.read_bytes()[:1] in (b"\x80", b"P")
+    report = inspect_lora(path)
+    assert report.rank == 4

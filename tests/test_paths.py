@@ -91,3 +91,13 @@ def test_copy_no_overwrite_never_replaces_a_checkpoint(tmp_path: Path) -> None:
     assert sorted(p.name for p in dest_dir.iterdir()) == sorted(
         ["style.safetensors"] + [f"style-{n}.safetensors" for n in range(2, 9)]
     )
+
+
+def test_written_files_are_readable_by_other_users(tmp_path: Path) -> None:
+    # ComfyUI or DevServer may run as another user than the trainer: no 0600 files.
+    config = atomic_write_json(tmp_path / "sd35_large_x.json", {})
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"x")
+    lora = copy_no_overwrite(src, tmp_path / "loras" / "x.safetensors")
+    for path in (config, lora):
+        assert path.stat().st_mode & 0o044 == 0o044, oct(path.stat().st_mode)

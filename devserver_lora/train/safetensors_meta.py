@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import LoraFileError
-from ..paths import _fsync_dir, free_name
+from ..paths import FILE_MODE, _fsync_dir, free_name
 
 MAX_HEADER = 100 * 1024 * 1024  # the reference implementation's limit too
 
@@ -82,15 +82,7 @@ def _encode_header(tensors: dict[str, dict], metadata: dict[str, str]) -> bytes:
     doc.update(tensors)
     raw = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     raw += b" " * (-len(raw) % 8)  # keep tensor data 8-byte aligned, as the reference writer does
-    # Pickle sniffers (ours in lora_header.py among them) look at the first bytes: a length whose low byte is
-    # 0x80 (pickle protocol opcode) or whose low 16 bits read "PK" (zip) would look like a pickle. Pad past it.
-    while _looks_like_pickle(struct.pack("<Q", len(raw))):
-        raw += b" " * 8
     return struct.pack("<Q", len(raw)) + raw
-
-
-def _looks_like_pickle(head: bytes) -> bool:
-    return head[:1] == b"\x80" or head[:2] == b"PK"
 
 
 def write_with_metadata(
@@ -117,7 +109,7 @@ def write_with_metadata(
             shutil.copyfileobj(inp, out, length=1024 * 1024)
             out.flush()
             os.fsync(out.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; ComfyUI/SwarmUI may run as another user
+        os.chmod(tmp, FILE_MODE)  # mkstemp makes 0600; ComfyUI/SwarmUI may run as another user
         if overwrite:
             os.replace(tmp, target)
             written = target
