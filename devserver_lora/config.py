@@ -26,6 +26,10 @@ LocalizedText = str | dict[str, str]
 NON_IMAGE_NAME_MARKERS = ("ace", "audio", "music", "video", "code")
 
 SHIPPED_SCHEMAS_DIR = Path(__file__).resolve().parents[1] / "schemas"
+# The DevServer SD3.5 chunk feeds its encoders from DualCLIPLoader(clip_g, t5xxl): no CLIP-L, and
+# CLIP-G LoRA keys map differently there, so a LoRA that trained text encoders needs all three.
+SD35_CHUNK = "output_image_sd35_large"
+SD35_TRIPLE_CLIP_CHUNK = "output_image_sd35_large_triple_clip"
 
 
 class OutputParameters(BaseModel):
@@ -239,11 +243,14 @@ def make_lora_output_config(
     title_de: str | None = None,
     description_en: str | None = None,
     description_de: str | None = None,
+    output_chunk: str | None = None,
 ) -> OutputConfig:
     """A new output config `name` that renders through the ComfyUI SD3.5 chunk with `loras` applied.
 
     `base` defaults to the shipped `sd35_large_yoruba` config, whose DevServer fields
     (parameters, media preferences, meta) are what a LoRA config on SD3.5 Large needs.
+    `output_chunk` replaces the base's `parameters.OUTPUT_CHUNK` (e.g. the triple-CLIP chunk
+    that LoRAs with text-encoder keys need).
     """
     check_simple_name(name, what="output config name")
     marker = check_image_config_name(name)
@@ -263,6 +270,8 @@ def make_lora_output_config(
         data["name"] = {"en": title_en or title_de, "de": title_de or title_en}
     if description_en or description_de:
         data["description"] = {"en": description_en or description_de, "de": description_de or description_en}
+    if output_chunk is not None:
+        data.setdefault("parameters", {})["OUTPUT_CHUNK"] = output_chunk
     data["lora"] = [s.to_lora_dict() for s in loras]
     return parse_output_config(data, file=name)
 

@@ -146,3 +146,22 @@ def test_rewritten_headers_of_every_length_read_back(tmp_path):
         assert metadata["k"] == "v" * n and tensors
         assert tensor_bytes_equal(src, out)
     assert b"\x80" in firsts
+
+
+def test_text_encoder_lora_gets_the_triple_clip_chunk(kohya_env):
+    # The DevServer SD3.5 chunk loads only CLIP-G + T5 (DualCLIPLoader): a LoRA's lora_te1_/lora_te2_
+    # keys would be dropped there, so such a LoRA's config must render through all three encoders.
+    job = kohya_env.job(output_name="te_lora", train_text_encoder=True)
+    KohyaBackend(kohya_env.settings, progress_interval_s=0).run(job)
+    job.set_state("done")
+    schemas = schemas_tree(kohya_env.root / "schemas")
+    assert not (schemas / "chunks" / "output_image_sd35_large_triple_clip.json").exists()
+    result = install_job(job, loras_dir=kohya_env.root / "loras", schemas_dir=schemas)
+    raw = json.loads((schemas / "configs" / "output" / f"{result.config_name}.json").read_text())
+    assert raw["parameters"]["OUTPUT_CHUNK"] == "output_image_sd35_large_triple_clip"
+    assert any("text encoders" in w for w in result.warnings)
+    resolved = SchemasTree.load(schemas).resolve(result.config_name)
+    graph = inject_loras(resolved.chunk.workflow, resolved.loras)
+    (loader,) = [n for n in graph.values() if n["class_type"] == "LoraLoader"]
+    assert graph[loader["inputs"]["clip"][0]]["class_type"] == "TripleCLIPLoader"
+    assert [p for p in validate_paths([schemas]) if p.severity == "error"] == []

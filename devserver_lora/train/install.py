@@ -20,9 +20,10 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from ..config import SD35_CHUNK, SD35_TRIPLE_CLIP_CHUNK
 from ..errors import ConfigError, JobError, LoraFileError, Problem
 from ..lora_spec import LoraSpec
-from ..paths import check_simple_name
+from ..paths import atomic_write_bytes, check_simple_name
 from .families import get_family
 from .safetensors_meta import read_header, write_with_metadata
 
@@ -107,6 +108,12 @@ def provenance_metadata(existing: dict[str, str], job: Any, source: Path) -> dic
     return meta
 
 
+def _has_text_encoder_keys(path: Path) -> bool:
+    from .. import loras
+
+    return loras.lora_has_text_encoder(loras.inspect_lora(path))
+
+
 def key_problems(path: Path, family: str) -> list[str]:
     """The 'not loaded' lines ComfyUI would log for this LoRA on the family's model ([] = all keys load).
 
@@ -153,8 +160,26 @@ def _chunks_dir(schemas_dir: Path) -> Path:
     return own if own.is_dir() and any(own.glob("*.json")) else SHIPPED_SCHEMAS_DIR / "chunks"
 
 
+def ensure_chunk(schemas_dir: Path, chunk_name: str) -> Path | None:
+    """Copy a chunk this product ships into DevServer's chunks/ if it is not there; never replace one."""
+    from ..config import SHIPPED_SCHEMAS_DIR
+
+    target = schemas_dir / "chunks" / f"{chunk_name}.json"
+    if target.exists():
+        return None
+    shipped = SHIPPED_SCHEMAS_DIR / "chunks" / f"{chunk_name}.json"
+    return atomic_write_bytes(target, shipped.read_bytes())
+
+
 def write_config(
-    job: Any, lora_file: str, *, schemas_dir: Path, config_name: str, strength: float, trigger_words: list[str]
+    job: Any,
+    lora_file: str,
+    *,
+    schemas_dir: Path,
+    config_name: str,
+    strength: float,
+    trigger_words: list[str],
+    output_chunk: str | None = None,
 ) -> Path:
     """Validate the new output config in a staging copy, then write it (refusing to replace one)."""
     from ..config import make_lora_output_config, write_output_config
@@ -175,7 +200,7 @@ def write_config(
                     trigger_words=tuple(trigger_words) or None)
     cfg = make_lora_output_config(
         config_name, [spec], title_en=f"SD 3.5 Large + {title}", title_de=f"SD 3.5 Large + {title}",
-        description_en=description, description_de=description,
+        description_en=description, description_de=description, output_chunk=output_chunk,
     )
     staging = Path(job.work_dir) / "install" / "schemas"
     if staging.exists():
@@ -243,8 +268,14 @@ def install_job(
         warnings.append(f"output configs are written for SD3.5 Large only; write one for {plan.family} by hand")
     else:
         assert name_for_config is not None
+        chunk = SD35_TRIPLE_CLIP_CHUNK if _has_text_encoder_keys(source) else SD35_CHUNK
+        if chunk == SD35_TRIPLE_CLIP_CHUNK and ensure_chunk(schemas_dir, chunk) is not None:
+            warnings.append(
+                f"this LoRA trained the text encoders, so its config renders through {chunk} (CLIP-L + CLIP-G + T5); "
+                f"copied that chunk into {schemas_dir / 'chunks'}: ComfyUI needs clip_l.safetensors too"
+            )
         path = write_config(job, written.name, schemas_dir=schemas_dir, config_name=name_for_config,
-                            strength=strength, trigger_words=trigger_words)
+                            strength=strength, trigger_words=trigger_words, output_chunk=chunk)
         result.config_name, result.config_path = name_for_config, str(path)
     job.write_json("install.json", result.model_dump(mode="json"))
     return result
