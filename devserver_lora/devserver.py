@@ -28,7 +28,7 @@ from pydantic import ValidationError
 from .comfy.client import ComfyClient, EventCallback, Timeouts
 from .comfy.preflight import check_installed, check_key_coverage, lora_nodes_in
 from .comfy.sync import run_sync
-from .config import OutputChunk, SchemasTree, load_output_config, read_json_file
+from .config import OutputChunk, OutputConfig, SchemasTree, load_output_config, read_json_file
 from .errors import ConfigError, DevserverLoraError, Problem, WorkflowError
 from .graph import NodeTypes
 from .lora_spec import LoraSpec
@@ -320,6 +320,10 @@ class Stage4Runner:
         self.arch = arch
         self.timeouts = timeouts or Timeouts()
 
+    def arch_for(self, config: OutputConfig) -> Any:
+        """The model the key check uses: the one given, else the config's `meta.base_model` (e.g. sd35_large)."""
+        return self.arch if self.arch is not None else config.meta.get("base_model")
+
     def prepare(
         self,
         config_name: str,
@@ -345,7 +349,7 @@ class Stage4Runner:
         extra = params.pop("loras", None) or []
         params["loras"] = []
         specs = to_specs([*resolved.loras, *extra])
-        injector = LoraInjector(self.loras_dir, None, self.arch)
+        injector = LoraInjector(self.loras_dir, None, self.arch_for(resolved.config))
         workflow = injector(chunk.workflow, specs) if specs else dict(chunk.workflow)
         if installed is not None:
             check_installed(workflow, installed)
@@ -376,8 +380,9 @@ class Stage4Runner:
             if on_prepared is not None:
                 on_prepared(workflow)
             output_node = chunk.output_mapping.node_id if chunk.output_mapping else None
+            arch = self.arch_for(self.tree.resolve(config_name).config)
             result = await client.run(
-                workflow, on_event=on_event, output_node=output_node, loras_dir=self.loras_dir, arch=self.arch
+                workflow, on_event=on_event, output_node=output_node, loras_dir=self.loras_dir, arch=arch
             )
         if not result.images:
             raise DevserverLoraError(

@@ -7,6 +7,7 @@ predict those lines from the file's keys before submitting (`devserver_lora.lora
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -76,22 +77,40 @@ def check_installed(workflow: Mapping[str, Any], installed: list[str]) -> None:
         raise missing_lora_error(missing, installed)
 
 
+def arch_as_wired(workflow: Mapping[str, Any], node_id: str, base: Any) -> Any:
+    """`base` with the text encoders that LoRA node `node_id` really patches, as the graph wires them.
+
+    ComfyUI maps text-encoder keys by what the CLIP object holds: the DevServer SD3.5 chunk loads
+    only CLIP-G + T5, and there a LoRA's CLIP-L and CLIP-G keys would be dropped. So the check uses
+    the graph's encoders, not the model family's full set.
+    """
+    from ..workflow import clip_text_encoders
+
+    if getattr(base, "family", None) != "sd3":
+        return base
+    encoders = clip_text_encoders(workflow, node_id)
+    return dataclasses.replace(base, text_encoders=encoders) if encoders else base
+
+
 def check_key_coverage(workflow: Mapping[str, Any], loras_dir: str | Path, arch: Any) -> None:
     """Raise LoraFileError when ComfyUI would log 'lora key not loaded' for a LoRA we can read in `loras_dir`.
 
     `arch`: a name of `devserver_lora.loras.ARCHS` (e.g. "sd35_large") or a spec such as "sd3:2:te=clip_l".
     """
     try:
-        from ..loras import predict_not_loaded  # lazy: heavy, and written by another module
+        from ..loras import predict_not_loaded, resolve_arch  # lazy: heavy, and written by another module
     except ImportError as exc:  # pragma: no cover - the module ships with the package
         raise DevserverLoraError("devserver_lora.loras is missing: cannot check LoRA key coverage") from exc
-    for _, class_type, name in lora_nodes_in(workflow):
+    base = resolve_arch(arch)
+    for node_id, class_type, name in lora_nodes_in(workflow):
         path = safe_join(loras_dir, name, what="LoRA name")
         if not path.is_file():
             continue  # e.g. ComfyUI on another machine; the server-side list was checked already
         try:
             # LoraLoaderModelOnly patches no text encoder: its text-encoder keys would not load either.
-            lines = predict_not_loaded(path, arch, with_clip="modelonly" not in class_type.lower())
+            lines = predict_not_loaded(
+                path, arch_as_wired(workflow, node_id, base), with_clip="modelonly" not in class_type.lower()
+            )
         except NotImplementedError:
             log.warning("LoRA key coverage check not available yet; skipped for %s", name)
             return
