@@ -15,8 +15,8 @@ from devserver_lora.comfy.preflight import arch_as_wired, check_key_coverage
 from devserver_lora.config import load_output_chunk
 from devserver_lora.devserver import Stage4Runner
 from devserver_lora.errors import LoraFileError
-from devserver_lora.loras import resolve_arch
 from devserver_lora.lora_spec import LoraSpec
+from devserver_lora.loras import resolve_arch
 from devserver_lora.workflow import inject_loras
 
 DUAL = load_output_chunk(SCHEMAS / "chunks" / "output_image_sd35_large.json").workflow
