@@ -7,11 +7,10 @@ and exposes `register(subparsers)`; this file only assembles them.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
 from . import __version__
-from .console import run_command
+from .console import assemble_parser, cli_main
 
 COMMAND_MODULES: tuple[str, ...] = (
     "devserver_lora.commands.config_cmds",
@@ -21,20 +20,16 @@ COMMAND_MODULES: tuple[str, ...] = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="devserver-lora",
-        description="LoRAs for the AI4ArtsEd DevServer: output configs, ComfyUI injection, rendering.",
+    return assemble_parser(
+        "devserver-lora",
+        "LoRAs for the AI4ArtsEd DevServer: output configs, ComfyUI injection, rendering.",
+        COMMAND_MODULES,
+        version=__version__,
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_command(args.func, args)
+    return cli_main(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -45,3 +45,23 @@ def run_command(func: Callable[[Any], int | None], args: Any) -> int:
         err.print("interrupted")
         return 130
     return int(code or 0)
+
+
+def assemble_parser(prog: str, description: str, modules: tuple[str, ...], *, version: str | None = None):
+    """An argparse parser whose subcommands come from `modules`, each exposing `register(subparsers)`."""
+    import argparse
+    import importlib
+
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    if version is not None:
+        parser.add_argument("--version", action="version", version=f"%(prog)s {version}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in modules:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def cli_main(parser: Any, argv: list[str] | None) -> int:
+    """Parse `argv` and run the chosen subcommand with our error handling."""
+    args = parser.parse_args(argv)
+    return run_command(args.func, args)

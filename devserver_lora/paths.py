@@ -13,8 +13,9 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, BinaryIO
 
 from .errors import UnsafePathError
 
@@ -93,23 +94,46 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write `data` to `path` via a temp file in the same folder and an atomic rename."""
-    target = Path(path)
+def publish_file(
+    dest: str | os.PathLike[str], write: Callable[[BinaryIO], None], *, overwrite: bool = False
+) -> Path:
+    """Write a file through `write(fh)` into a temp file beside `dest`, then publish it atomically.
+
+    With `overwrite`, the temp file replaces `dest` (a reader sees the old or the new file,
+    never half of one). Without it, the temp file is hard-linked to `dest` or, if that name
+    is taken, to the first free `stem-N.ext`: `os.link` fails rather than replaces when
+    another writer got there first, so an existing file (a trained checkpoint) is never lost.
+    Returns the path written.
+    """
+    target = Path(dest)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, FILE_MODE)
-        os.replace(tmp, target)
-    except BaseException:
+        if overwrite:
+            os.replace(tmp, target)
+            written = target
+        else:
+            while True:
+                written = free_name(target)
+                try:
+                    os.link(tmp, written)
+                except FileExistsError:
+                    continue
+                break
+    finally:
         Path(tmp).unlink(missing_ok=True)
-        raise
     _fsync_dir(target.parent)
-    return target
+    return written
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write `data` to `path` via a temp file in the same folder and an atomic rename."""
+    return publish_file(path, lambda fh: fh.write(data), overwrite=True)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
@@ -134,28 +158,10 @@ def free_name(path: str | os.PathLike[str]) -> Path:
 
 
 def copy_no_overwrite(src: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Path:
-    """Copy `src` to `dest` atomically; if `dest` exists, pick a suffixed free name. Returns the path written.
+    """Copy `src` to `dest` atomically; if `dest` exists, pick a suffixed free name. Returns the path written."""
 
-    The final step is `os.link` of a fully written temp file, which fails rather than
-    replaces when another writer took the name first, so a checkpoint is never overwritten.
-    """
-    target = Path(dest)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.chmod(tmp, FILE_MODE)
-        while True:
-            candidate = free_name(target)
-            try:
-                os.link(tmp, candidate)
-            except FileExistsError:
-                continue
-            break
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    _fsync_dir(target.parent)
-    return candidate
+    def write(out: BinaryIO) -> None:
+        with open(src, "rb") as inp:
+            shutil.copyfileobj(inp, out, length=1024 * 1024)
+
+    return publish_file(dest, write)

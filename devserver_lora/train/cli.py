@@ -7,10 +7,9 @@ Each group of subcommands lives in `devserver_lora.train.commands.*` and exposes
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
-from ..console import run_command
+from ..console import assemble_parser, cli_main
 
 COMMAND_MODULES: tuple[str, ...] = (
     "devserver_lora.train.commands.dataset_cmds",
@@ -24,19 +23,15 @@ COMMAND_MODULES: tuple[str, ...] = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m devserver_lora.train",
-        description="Train a LoRA on your own images and install it for the DevServer.",
+    return assemble_parser(
+        "python -m devserver_lora.train",
+        "Train a LoRA on your own images and install it for the DevServer.",
+        COMMAND_MODULES,
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_command(args.func, args)
+    return cli_main(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -12,12 +12,12 @@ import json
 import os
 import shutil
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from ..errors import LoraFileError
-from ..paths import FILE_MODE, _fsync_dir, free_name
+from ..paths import publish_file
 
 MAX_HEADER = 100 * 1024 * 1024  # the reference implementation's limit too
 
@@ -99,32 +99,14 @@ def write_with_metadata(
     bad = [k for k, v in metadata.items() if not isinstance(k, str) or not isinstance(v, str)]
     if bad:
         raise LoraFileError(f"safetensors metadata must be strings; not: {bad}")
-    target = Path(dest)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as out, open(header.path, "rb") as inp:
+
+    def write(out: BinaryIO) -> None:
+        with open(header.path, "rb") as inp:
             out.write(_encode_header(header.tensors, metadata))
             inp.seek(header.data_start)
             shutil.copyfileobj(inp, out, length=1024 * 1024)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, FILE_MODE)  # mkstemp makes 0600; ComfyUI/SwarmUI may run as another user
-        if overwrite:
-            os.replace(tmp, target)
-            written = target
-        else:
-            while True:
-                written = free_name(target)
-                try:
-                    os.link(tmp, written)
-                except FileExistsError:
-                    continue
-                break
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    _fsync_dir(target.parent)
-    return written
+
+    return publish_file(dest, write, overwrite=overwrite)
 
 
 def tensor_bytes_equal(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
