@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from . import safe_json
 from .errors import ConfigError, Problem
 from .lora_spec import LoraSpec
 from .paths import atomic_write_json, check_simple_name
@@ -175,13 +176,19 @@ def read_json_file(path: str | Path) -> Any:
     """Parse a JSON file, raising ConfigError with the line and column of a syntax error."""
     p = Path(path)
     try:
+        # Refuse before reading: a FIFO would block, a huge file would fill memory.
+        if p.exists() and not p.is_file():
+            raise ConfigError(f"{p} is not a regular file", hint="give the path of a .json file")
+        if p.stat().st_size > safe_json.MAX_JSON_BYTES:
+            raise ConfigError(f"{p} is {p.stat().st_size} bytes, over the {safe_json.MAX_JSON_BYTES} byte limit",
+                              hint="this is not an output config or chunk")
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{p} does not exist") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{p} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     try:
-        return json.loads(text)
+        return safe_json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(
             f"{p} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}",

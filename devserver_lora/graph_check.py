@@ -17,7 +17,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .errors import GraphValidationError, Problem
+from . import safe_json
+from .errors import GraphValidationError, Problem, WorkflowError
 
 __all__ = ["validate_graph", "check_graph", "comfy_response", "load_object_info"]
 
@@ -38,7 +39,14 @@ _HINTS = {
 
 def load_object_info(path: str | Path) -> dict[str, Any]:
     """Read a saved `GET /object_info` answer."""
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    p = Path(path)
+    try:
+        return safe_json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise WorkflowError(
+            f"cannot read the object_info file {p}: {exc}",
+            hint="save it with: curl http://127.0.0.1:8188/object_info > object_info.json",
+        ) from None
 
 
 def _problem(node_id: str | None, class_type: str | None, error: dict[str, Any], *, graph_level: bool = False) -> Problem:

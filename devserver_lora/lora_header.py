@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from . import safe_json
 from .errors import LoraFileError
 
 __all__ = ["TensorInfo", "read_safetensors_header", "MAX_HEADER_BYTES"]
@@ -91,7 +92,7 @@ def read_safetensors_header(path: str | os.PathLike[str]) -> tuple[dict[str, Ten
     except PermissionError:
         raise LoraFileError(f"{p}: cannot read the file (permission denied)") from None
     try:
-        header = json.loads(raw.decode("utf-8"))
+        header = safe_json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise LoraFileError(f"{p}: the safetensors header is not valid JSON ({exc})", hint="the file is corrupt") from None
     if not isinstance(header, dict):

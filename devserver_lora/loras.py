@@ -19,6 +19,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from . import safe_json
 from .errors import LoraFileError
 from .lora_header import TensorInfo, read_safetensors_header
 from .lora_keys import ARCHS, ArchSpec, Target, clip_weights, comfy_key_map, model_weights, target_text
@@ -193,7 +194,7 @@ def _trigger_words(metadata: dict[str, str]) -> list[str]:
     own = metadata.get(TRIGGER_WORDS_KEY)
     if own:
         try:
-            value = json.loads(own)
+            value = safe_json.loads(own)
         except json.JSONDecodeError:
             value = [own]
         if isinstance(value, str):
@@ -206,7 +207,7 @@ def _trigger_words(metadata: dict[str, str]) -> list[str]:
     freq = metadata.get("ss_tag_frequency")
     if freq:
         try:
-            dirs = json.loads(freq)
+            dirs = safe_json.loads(freq)
         except json.JSONDecodeError:
             dirs = {}
         for folder, tags in (dirs.items() if isinstance(dirs, dict) else ()):

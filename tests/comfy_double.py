@@ -16,63 +16,38 @@ What it reproduces (checked against ../shared/fixtures/comfyui by tests/test_com
 Fault injection (`double.faults`): drop the websocket after N frames, refuse websockets, send garbage frames,
 slow every HTTP answer, delay the history write after execution_success, fail a node, and `restart()` (stop and
 start on the same port with an empty queue and history).
+The rules it follows (validation, order, caching) and the recorded data are in tests/comfy_double_rules.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
-import hashlib
-import io
 import json
 import threading
 import time
 import uuid
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 from aiohttp import WSMsgType, web
-from PIL import Image
-from PIL.PngImagePlugin import PngInfo
+from comfy_double_rules import (
+    ERROR_HISTORY,
+    FIXTURES,
+    RECORDED_TRACEBACK,
+    SAMPLERS,
+    STATUS_EXAMPLE,
+    Faults,
+    execution_order,
+    fill_model_lists,
+    fixture,
+    output_nodes,
+    preview_frame,
+    render_png,
+    sd3_workflow,
+    signature,
+    validate_prompt,
+)
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "comfyui"
-STATUS_EXAMPLE = json.loads((FIXTURES / "system_stats.json").read_text())
-ERROR_HISTORY = json.loads((FIXTURES / "history_error.json").read_text())
-RECORDED_TRACEBACK = next(iter(ERROR_HISTORY.values()))["status"]["messages"][2][1]["traceback"]
-# Which model folder feeds a combo input, by input name (object_info does not say).
-FOLDER_OF_INPUT = {
-    "ckpt_name": "checkpoints",
-    "lora_name": "loras",
-    "clip_name": "text_encoders",
-    "clip_name1": "text_encoders",
-    "clip_name2": "text_encoders",
-    "clip_name3": "text_encoders",
-    "vae_name": "vae",
-    "unet_name": "diffusion_models",
-}
-SAMPLERS = {"KSampler", "KSamplerAdvanced", "SamplerCustom", "SamplerCustomAdvanced"}
-
-
-def _fixture(name: str) -> Any:
-    return json.loads((FIXTURES / name).read_text())
-
-
-@dataclass
-class Faults:
-    drop_ws_after_frames: int | None = None  # abort each socket after this many frames of a run
-    refuse_ws: bool = False  # /ws answers 503 instead of upgrading
-    garbage_frames: bool = False  # interleave unparseable text and binary frames
-    slow_http: float = 0.0  # seconds added to every HTTP answer
-    history_delay: float = 0.02  # execution_success -> history written (clients must wait for executing null)
-    fail_node: str | None = None  # node id that raises (recorded AssertionError)
-    step_delay: float = 0.0  # seconds per sampler step (lets tests interrupt mid-run)
-    drop_http_after_submit: bool = False  # server dies right after accepting a prompt (killed server)
-    previews: bool = False  # send a preview frame (type 4, JSON metadata + JPEG) before each sampler step's progress
-
-
-def _is_link(value: Any) -> bool:
-    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and isinstance(value[1], int)
+__all__ = ["ComfyDouble", "Faults", "sd3_workflow", "FIXTURES", "ERROR_HISTORY", "STATUS_EXAMPLE"]
 
 
 class ComfyDouble:
@@ -85,14 +60,14 @@ class ComfyDouble:
     ) -> None:
         self.prefix = prefix.rstrip("/")
         self.models: dict[str, list[str]] = {
-            "checkpoints": _fixture("models_checkpoints.json"),
-            "loras": _fixture("models_loras.json"),
+            "checkpoints": fixture("models_checkpoints.json"),
+            "loras": fixture("models_loras.json"),
             "text_encoders": [],
             "vae": [],
             "diffusion_models": [],
         }
         self.models.update(models or {})
-        self.object_info = _fixture("object_info.json")
+        self.object_info = fixture("object_info.json")
         self.faults = Faults()
         self.port = port
         self.requests: list[tuple[str, str]] = []
@@ -224,24 +199,15 @@ class ComfyDouble:
         return web.json_response(STATUS_EXAMPLE)
 
     async def _features(self, request: web.Request) -> web.Response:
-        return web.json_response(_fixture("features.json"))
+        return web.json_response(fixture("features.json"))
 
     def _live_object_info(self) -> dict:
         """object_info with the combo lists of model inputs filled from `self.models` (cached per models state)."""
         key = json.dumps(self.models, sort_keys=True)
         if getattr(self, "_live_key", None) != key:
-            self._live_info = self._build_live_object_info()
+            self._live_info = fill_model_lists(self.object_info, self.models)
             self._live_key = key
         return self._live_info
-
-    def _build_live_object_info(self) -> dict:
-        info = copy.deepcopy(self.object_info)
-        for node in info.values():
-            for section in ("required", "optional"):
-                for name, spec in (node.get("input", {}).get(section) or {}).items():
-                    if name in FOLDER_OF_INPUT and isinstance(spec, list) and spec and isinstance(spec[0], list):
-                        spec[0] = sorted(self.models.get(FOLDER_OF_INPUT[name], []))
-        return info
 
     async def _object_info_all(self, request: web.Request) -> web.Response:
         return web.json_response(self._live_object_info())
@@ -253,11 +219,11 @@ class ComfyDouble:
 
 
     async def _models_all(self, request: web.Request) -> web.Response:
-        return web.json_response(_fixture("models.json"))
+        return web.json_response(fixture("models.json"))
 
     async def _models(self, request: web.Request) -> web.Response:
         folder = request.match_info["folder"]
-        if folder not in _fixture("models.json"):
+        if folder not in fixture("models.json"):
             return web.Response(status=404)
         return web.json_response(sorted(self.models.get(folder, [])))
 
@@ -316,13 +282,13 @@ class ComfyDouble:
             body = {}
         self.submissions.append(body)
         if "prompt" not in body:
-            return web.json_response(_fixture("post_prompt_400_no_prompt.json")["response"], status=400)
+            return web.json_response(fixture("post_prompt_400_no_prompt.json")["response"], status=400)
         prompt = body["prompt"]
-        refused = self._validate(prompt)
+        refused = validate_prompt(self.object_info, self._live_object_info(), prompt)
         if refused is not None:
             return web.json_response(refused, status=400)
         pid = body.get("prompt_id") or str(uuid.uuid4())
-        outputs = self._output_nodes(prompt)
+        outputs = output_nodes(self.object_info, prompt)
         extra = dict(body.get("extra_data") or {})
         if "client_id" in body:
             extra["client_id"] = body["client_id"]
@@ -336,147 +302,6 @@ class ComfyDouble:
         if self.faults.drop_http_after_submit:
             asyncio.get_running_loop().call_later(0.05, self._loop.stop)  # type: ignore[union-attr]
         return web.json_response({"prompt_id": pid, "number": number, "node_errors": {}})
-
-    def _output_nodes(self, prompt: dict) -> list[str]:
-        return [nid for nid, node in prompt.items() if self.object_info.get(node.get("class_type"), {}).get("output_node")]
-
-    def _validate(self, prompt: Any) -> dict | None:
-        for nid, node in prompt.items():
-            if not isinstance(node, dict) or "class_type" not in node:
-                return {
-                    "error": {
-                        "type": "invalid_prompt",
-                        "message": "Cannot execute because a node is missing the class_type property.",
-                        "details": f"Node ID '#{nid}'",
-                        "extra_info": {},
-                    },
-                    "node_errors": {},
-                }
-            if node["class_type"] not in self.object_info:
-                body = _fixture("post_prompt_400_unknown_class_type.json")["response"]
-                body["error"]["message"] = f"Cannot execute because node {node['class_type']} does not exist."
-                body["error"]["details"] = f"Node ID '#{nid}'"
-                return body
-        outputs = self._output_nodes(prompt)
-        if not outputs:
-            return _fixture("post_prompt_400_no_outputs.json")["response"]
-        info = self._live_object_info()
-        node_errors: dict[str, dict] = {}
-        for out in outputs:
-            for nid in self._upstream(prompt, out):
-                errors = self._node_errors(prompt, nid, info)
-                if errors:
-                    entry = node_errors.setdefault(
-                        nid, {"errors": errors, "dependent_outputs": [], "class_type": prompt[nid]["class_type"]}
-                    )
-                    entry["dependent_outputs"].append(out)
-        if node_errors:
-            return {
-                "error": {
-                    "type": "prompt_outputs_failed_validation",
-                    "message": "Prompt outputs failed validation",
-                    "details": "",
-                    "extra_info": {},
-                },
-                "node_errors": node_errors,
-            }
-        return None
-
-    def _upstream(self, prompt: dict, start: str) -> list[str]:
-        seen: list[str] = []
-        stack = [start]
-        while stack:
-            nid = stack.pop()
-            if nid in seen or nid not in prompt:
-                continue
-            seen.append(nid)
-            stack += [v[0] for v in prompt[nid].get("inputs", {}).values() if _is_link(v)]
-        return seen
-
-    def _node_errors(self, prompt: dict, nid: str, info: dict) -> list[dict]:
-        node = prompt[nid]
-        spec = info[node["class_type"]]
-        inputs = node.get("inputs", {})
-        errors = []
-        for name in spec["input"].get("required") or {}:
-            if name not in inputs:
-                errors.append(
-                    {
-                        "type": "required_input_missing",
-                        "message": "Required input is missing",
-                        "details": name,
-                        "extra_info": {"input_name": name},
-                    }
-                )
-        all_inputs = {**(spec["input"].get("optional") or {}), **(spec["input"].get("required") or {})}
-        for name, value in inputs.items():
-            cfg = all_inputs.get(name)
-            if cfg is None:
-                continue
-            kind = cfg[0]
-            opts = cfg[1] if len(cfg) > 1 else {}
-            if _is_link(value):
-                src = prompt.get(value[0])
-                got = self.object_info.get(src["class_type"], {}).get("output", []) if src else []
-                received = got[value[1]] if value[1] < len(got) else None
-                if isinstance(kind, str) and received is not None and received != kind and kind != "*":
-                    errors.append(
-                        {
-                            "type": "return_type_mismatch",
-                            "message": "Return type mismatch between linked nodes",
-                            "details": f"{name}, received_type({received}) mismatch input_type({kind})",
-                            "extra_info": {
-                                "input_name": name,
-                                "input_config": cfg,
-                                "received_type": received,
-                                "linked_node": value,
-                            },
-                        }
-                    )
-                continue
-            if isinstance(kind, list) and value not in kind:
-                errors.append(
-                    {
-                        "type": "value_not_in_list",
-                        "message": "Value not in list",
-                        "details": f"{name}: '{value}' not in {kind}",
-                        "extra_info": {"input_name": name, "input_config": cfg, "received_value": value},
-                    }
-                )
-            elif kind in ("INT", "FLOAT"):
-                try:
-                    num = int(value) if kind == "INT" else float(value)
-                except (TypeError, ValueError):
-                    errors.append(
-                        {
-                            "type": "invalid_input_type",
-                            "message": f"Failed to convert an input value to a {kind} value",
-                            "details": f"{name}, {value}, invalid literal",
-                            "extra_info": {"input_name": name, "input_config": cfg, "received_value": value},
-                        }
-                    )
-                    continue
-                if "max" in opts and num > opts["max"]:
-                    errors.append(
-                        {
-                            "type": "value_bigger_than_max",
-                            "message": f"Value {num} bigger than max of {opts['max']}",
-                            "details": name,
-                            "extra_info": {"input_name": name, "input_config": cfg, "received_value": num},
-                        }
-                    )
-                if "min" in opts and num < opts["min"]:
-                    errors.append(
-                        {
-                            "type": "value_smaller_than_min",
-                            "message": f"Value {num} smaller than min of {opts['min']}",
-                            "details": name,
-                            "extra_info": {"input_name": name, "input_config": cfg, "received_value": num},
-                        }
-                    )
-        return errors
-
-    # --- websocket ---
 
     async def _ws(self, request: web.Request) -> web.StreamResponse:
         if self.faults.refuse_ws:
@@ -495,7 +320,7 @@ class ComfyDouble:
                     except json.JSONDecodeError:
                         data = {}
                     if data.get("type") == "feature_flags":
-                        await ws.send_json({"type": "feature_flags", "data": _fixture("features.json")})
+                        await ws.send_json({"type": "feature_flags", "data": fixture("features.json")})
                     first = False
         finally:
             if self.sockets.get(sid, (None,))[0] is ws:
@@ -526,12 +351,7 @@ class ComfyDouble:
 
     async def _send_preview(self, sid: str | None, pid: str, nid: str) -> None:
         """PREVIEW_IMAGE_WITH_METADATA as server.py packs it: type 4, metadata length, metadata JSON, JPEG."""
-        meta = {"node_id": nid, "prompt_id": pid, "display_node_id": nid, "parent_node_id": None, "real_node_id": nid}
-        meta["image_type"] = "image/jpeg"
-        buf = io.BytesIO()
-        Image.new("RGB", (8, 8), (200, 30, 30)).save(buf, format="JPEG")
-        blob = json.dumps(meta).encode()
-        frame = (4).to_bytes(4, "big") + len(blob).to_bytes(4, "big") + blob + buf.getvalue()
+        frame = preview_frame(pid, nid)
         targets = [self.sockets[sid]] if sid in self.sockets else []
         for ws, _ in targets:
             if not ws.closed:
@@ -556,73 +376,13 @@ class ComfyDouble:
                 finally:
                     self.running = [i for i in self.running if i is not item]
 
-    def _signature(self, prompt: dict, nid: str, memo: dict[str, str]) -> str:
-        if nid not in memo:
-            node = prompt[nid]
-            parts = {
-                k: (["link", self._signature(prompt, v[0], memo), v[1]] if _is_link(v) else v)
-                for k, v in node.get("inputs", {}).items()
-            }
-            memo[nid] = hashlib.sha256(json.dumps([node["class_type"], parts], sort_keys=True).encode()).hexdigest()
-        return memo[nid]
-
-    def _order(self, prompt: dict, outputs: list[str], cached: set[str]) -> list[str]:
-        """ComfyUI's ExecutionList: dissolve from the outputs, cached inputs are not added; pick outputs first."""
-        pending: dict[str, bool] = {}
-        block_count: dict[str, int] = {}
-        blocking: dict[str, dict[str, bool]] = {}
-        for out in outputs:
-            stack, links = [out], []
-            while stack:
-                nid = stack.pop()
-                if nid in pending:
-                    continue
-                pending[nid] = True
-                block_count[nid] = 0
-                blocking[nid] = {}
-                for value in prompt[nid].get("inputs", {}).values():
-                    if _is_link(value) and value[0] not in cached:
-                        stack.append(value[0])
-                        links.append((value[0], nid))
-            for src, dst in links:
-                if dst not in blocking[src]:
-                    blocking[src][dst] = True
-                    block_count[dst] += 1
-
-        def is_output(nid: str) -> bool:
-            return bool(self.object_info.get(prompt[nid]["class_type"], {}).get("output_node"))
-
-        order = []
-        while pending:
-            ready = [n for n in pending if block_count[n] == 0]
-            pick = next((n for n in ready if is_output(n)), None)
-            pick = pick or next((n for n in ready if any(is_output(b) for b in blocking[n])), None)
-            pick = pick or next(
-                (n for n in ready if any(is_output(b1) for b in blocking[n] for b1 in blocking[b])), None
-            )
-            pick = pick or ready[0]
-            order.append(pick)
-            del pending[pick]
-            for b in blocking.pop(pick):
-                block_count[b] -= 1
-        return order
-
-    def _png(self, prompt: dict, pid: str) -> bytes:
-        digest = hashlib.sha256(json.dumps(prompt, sort_keys=True).encode()).digest()
-        img = Image.new("RGB", (64, 64), tuple(digest[:3]))
-        meta = PngInfo()
-        meta.add_text("prompt", json.dumps(prompt))
-        buf = io.BytesIO()
-        img.save(buf, format="PNG", pnginfo=meta)
-        return buf.getvalue()
-
     def _save_image(self, prompt: dict, nid: str, pid: str) -> dict:
         prefix = str(prompt[nid].get("inputs", {}).get("filename_prefix", "ComfyUI"))
         subfolder, _, stem = prefix.rpartition("/")
         n = self.image_counter.get(prefix, 0) + 1
         self.image_counter[prefix] = n
         filename = f"{stem}_{n:05d}_.png"
-        self.files[("output", subfolder, filename)] = self._png(prompt, pid)
+        self.files[("output", subfolder, filename)] = render_png(prompt)
         return {"images": [{"filename": filename, "subfolder": subfolder, "type": "output"}]}
 
     async def _execute(self, item: list) -> None:
@@ -648,7 +408,7 @@ class ComfyDouble:
         # clean_unused: forget nodes that are not in this prompt
         self.cache = {k: v for k, v in self.cache.items() if k in prompt}
         memo: dict[str, str] = {}
-        sigs = {nid: self._signature(prompt, nid, memo) for nid in prompt}
+        sigs = {nid: signature(prompt, nid, memo) for nid in prompt}
         cached = {nid for nid in prompt if nid in self.cache and self.cache[nid][0] == sigs[nid]}
         await add("execution_start", {"prompt_id": pid}, False)
         await add("execution_cached", {"nodes": [n for n in prompt if n in cached], "prompt_id": pid}, False)
@@ -672,7 +432,7 @@ class ComfyDouble:
         ui: dict[str, dict] = {}
         executed: list[str] = []
         failure = None
-        for nid in self._order(prompt, outputs, cached):
+        for nid in execution_order(self.object_info, prompt, outputs, cached):
             node = prompt[nid]
             if nid in cached:
                 out = self.cache[nid][1]
@@ -752,18 +512,3 @@ class ComfyDouble:
         if sid is not None:
             await self._send(sid, "executing", {"node": None, "prompt_id": pid})
         self.completed_at[pid] = time.monotonic()
-
-
-def sd3_workflow(*, seed: int = 42, steps: int = 4, lora: str | None = "tiny_sd3_kohya.safetensors") -> dict:
-    """The recorded SD3 LoRA workflow (fixtures/comfyui/sd3_lora_workflow_api.json) with a chosen seed/steps/LoRA."""
-    wf = _fixture("sd3_lora_workflow_api.json")
-    wf["7"]["inputs"]["seed"] = seed
-    wf["7"]["inputs"]["steps"] = steps
-    if lora is None:
-        del wf["2"]
-        wf["3"]["inputs"]["model"] = ["1", 0]
-        wf["4"]["inputs"]["clip"] = ["1", 1]
-        wf["5"]["inputs"]["clip"] = ["1", 1]
-    else:
-        wf["2"]["inputs"]["lora_name"] = lora
-    return wf

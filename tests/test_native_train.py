@@ -130,6 +130,10 @@ def test_backend_run_writes_kohya_named_checkpoints_and_events(tmp_path: Path, p
     assert json.loads(meta["devserver_lora.trigger_words"]) == ["mgsq"]
     assert meta["devserver_lora.card.licence"] == "CC0-1.0"
     assert meta["ss_steps"] == "12"
+    # Resuming a finished job trains nothing and writes no second copy (the caches on disk are reused).
+    assert backend.run(job, resume=True) == final
+    assert sorted(p.name for p in job.outputs_dir.glob("*.safetensors")) == names
+    assert not any(e["type"] == "log" and e["message"].startswith("encoding") for e in job.events()[len(events):])
 
 
 RESUME_CHILD = textwrap.dedent(
@@ -223,3 +227,43 @@ def test_preflight_explains_unsupported_family_and_missing_or_wrong_models(tmp_p
     with pytest.raises(BackendError, match="SD3.5 only"):
         NativeBackend(None).run(job)
     assert job.events()[-1]["type"] == "error"
+
+
+def test_schedulers_follow_warmup_cosine_and_linear() -> None:
+    from devserver_lora.train.native.loop import _scheduler
+
+    def lrs(name: str, warmup: int) -> list[float]:
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        sched = _scheduler(name, opt, warmup, 10)
+        out = []
+        for _ in range(10):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return out
+
+    assert lrs("constant", 0) == [1.0] * 10
+    assert lrs("constant_with_warmup", 4)[:5] == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0])
+    cos = lrs("cosine", 0)
+    assert cos[0] == 1.0 and cos[5] == pytest.approx(0.5) and all(a >= b for a, b in zip(cos, cos[1:], strict=False))
+    assert lrs("linear", 0) == pytest.approx([1.0 - i / 10 for i in range(10)])
+    with pytest.raises(BackendError, match="no learning-rate scheduler 'polynomial'"):
+        lrs("polynomial", 0)
+
+
+def test_augmentations_and_checkpointing_paths_train(planted: Path) -> None:
+    """Flip augmentation, caption dropout and gradient checkpointing all run (and change nothing about the API)."""
+    from devserver_lora.train.dataset.manifest import load_manifest
+
+    caches = build_caches(
+        load_manifest(planted), planted, resolution=256, flip=True, load_vae=tiny.tiny_vae,
+        load_text_encoders=lambda: [TextEncoder("clip_l", tiny.tiny_clip_text_encoder(), tiny.tiny_clip_tokenizer())],
+        joint_dim=4096, pooled_dim=2048, device="cpu", key="aug",
+    )
+    assert caches.latents_flipped is not None and caches.empty_context.shape == (1, 77, 4096)
+    assert not torch.allclose(caches.latents_flipped, caches.latents)
+    s = LoopSettings(total_steps=3, rank=2, alpha=2, flip_aug=True, caption_dropout_rate=0.5, gradient_checkpointing=True,
+                     lr_scheduler="cosine", lr_warmup_steps=1)
+    losses: list[float] = []
+    assert LoraTrainer(tiny.tiny_transformer(), caches, s).train(on_step=lambda r: losses.append(r.loss)) == 3
+    assert all(x == x for x in losses)  # no NaN

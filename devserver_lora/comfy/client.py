@@ -24,6 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
+from .. import safe_json
 from ..errors import ComfyError, ComfyProtocolError, ComfyTimeout, ComfyUnreachable
 from . import events as ev
 from .hub import WsHub, WsLost
@@ -147,9 +148,9 @@ class ComfyClient:
         if resp.status_code != 200:
             raise ComfyProtocolError(f"GET {path} answered HTTP {resp.status_code}: {resp.text[:200]!r}")
         try:
-            return resp.json()
+            return safe_json.loads(resp.content)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ComfyProtocolError(f"GET {path} did not answer JSON: {resp.text[:200]!r}") from exc
+            raise ComfyProtocolError(f"GET {path} did not answer usable JSON ({exc}): {resp.text[:200]!r}") from exc
 
     async def system_stats(self) -> dict:
         return await self._get_json("/system_stats")
@@ -162,7 +163,7 @@ class ComfyClient:
         resp = await self._request("GET", "/models/loras")
         if resp.status_code == 200:
             try:
-                data = resp.json()
+                data = safe_json.loads(resp.content)
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise ComfyProtocolError(f"/models/loras did not answer JSON: {resp.text[:200]!r}") from exc
             if isinstance(data, list):

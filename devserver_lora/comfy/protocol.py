@@ -11,7 +11,9 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ComfyExecutionError, ComfyInterrupted, ComfyProtocolError, ComfyValidationError
+from .. import safe_json
+from ..errors import ComfyExecutionError, ComfyInterrupted, ComfyProtocolError, ComfyValidationError, UnsafePathError
+from ..paths import check_relative_name, check_simple_name
 from . import events as ev
 
 # Binary frame types (server.py BinaryEventTypes): 1 preview image, 2 unencoded preview, 3 text, 4 preview+metadata.
@@ -27,7 +29,7 @@ def _str_or_none(value: Any) -> str | None:
 def parse_json_frame(text: str | bytes) -> ev.Event | None:
     """One text frame -> a typed event, or None for message types we do not model (progress_state, feature_flags)."""
     try:
-        msg = json.loads(text)
+        msg = safe_json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ComfyProtocolError(f"websocket frame is not JSON: {str(text)[:80]!r}") from exc
     if not isinstance(msg, dict) or not isinstance(msg.get("type"), str) or not isinstance(msg.get("data"), dict):
@@ -77,7 +79,7 @@ def parse_binary_frame(frame: bytes) -> ev.Preview | None:
         if 8 + meta_len > len(frame):
             raise ComfyProtocolError("preview frame metadata runs past the end of the frame")
         try:
-            meta = json.loads(frame[8 : 8 + meta_len])
+            meta = safe_json.loads(frame[8 : 8 + meta_len])
         except ValueError as exc:
             raise ComfyProtocolError("preview frame metadata is not JSON") from exc
         if not isinstance(meta, dict):
@@ -112,6 +114,43 @@ class Submitted:
     number: int | None
 
 
+def check_prompt_id(prompt_id: str) -> str:
+    """A prompt id from the server, refused unless it is a plain token (ComfyUI's are UUIDs).
+
+    It goes into `/history/{id}` URLs and into the names of the files `generate` writes, so a hostile or broken
+    server answering `../../x` must not steer either.
+    """
+    try:
+        return check_simple_name(prompt_id, what="prompt_id")
+    except UnsafePathError as exc:
+        raise ComfyProtocolError(
+            f"the server answered a prompt_id that is not a plain token: {prompt_id[:80]!r}",
+            hint="ComfyUI answers a UUID; is this URL really a ComfyUI server?",
+        ) from exc
+
+
+_IMAGE_TYPES = ("output", "temp", "input")
+
+
+def image_ref(node: str, item: dict) -> ImageRef:
+    """One `images` entry of /history, checked: the names are passed to /view and may end up in local paths."""
+    filename, subfolder, kind = item.get("filename"), item.get("subfolder") or "", item.get("type") or "output"
+    try:
+        check_relative_name(filename, what="image filename")
+        if "/" in filename:
+            raise UnsafePathError(f"image filename {filename!r} names a folder")
+        if subfolder:
+            check_relative_name(subfolder, what="image subfolder")
+    except UnsafePathError as exc:
+        raise ComfyProtocolError(
+            f"/history lists an unsafe image name for node {node}: {exc.message}",
+            hint="ComfyUI never answers such names; do not trust this server",
+        ) from exc
+    if kind not in _IMAGE_TYPES or not isinstance(subfolder, str):
+        raise ComfyProtocolError(f"/history lists image type {kind!r} for node {node}; expected one of {_IMAGE_TYPES}")
+    return ImageRef(node, filename, subfolder, kind)
+
+
 def parse_submit_response(status: int, body: bytes | str) -> Submitted:
     """200 -> Submitted; 400 -> ComfyValidationError naming each refused node; anything else -> ComfyProtocolError."""
     try:
@@ -122,7 +161,7 @@ def parse_submit_response(status: int, body: bytes | str) -> Submitted:
         if not isinstance(data, dict) or not isinstance(data.get("prompt_id"), str):
             raise ComfyProtocolError(f"POST /prompt answered 200 without a prompt_id: {str(body)[:200]!r}")
         number = data.get("number")
-        return Submitted(data["prompt_id"], number if isinstance(number, int) else None)
+        return Submitted(check_prompt_id(data["prompt_id"]), number if isinstance(number, int) else None)
     if status == 400 and isinstance(data, dict) and isinstance(data.get("error"), dict | str):
         raise validation_error(data)
     raise ComfyProtocolError(
@@ -209,9 +248,7 @@ class HistoryEntry:
                 continue
             for item in out.get("images") or []:
                 if isinstance(item, dict) and isinstance(item.get("filename"), str):
-                    refs.append(
-                        ImageRef(node, item["filename"], str(item.get("subfolder") or ""), str(item.get("type") or "output"))
-                    )
+                    refs.append(image_ref(node, item))
         return refs
 
     def failure(self) -> ev.Error | ev.Interrupted | None:

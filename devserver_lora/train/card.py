@@ -13,6 +13,7 @@ from typing import Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .. import safe_json
 from ..errors import DatasetError, Problem
 from ..paths import atomic_write_json
 
@@ -159,7 +160,7 @@ def load_card(path: str | Path) -> DatasetCard:
             "training needs a card",
         )
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
+        data = safe_json.loads(p.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DatasetError(f"the dataset card {p} is not valid UTF-8 JSON: {exc}") from exc
     if not isinstance(data, dict):

@@ -189,8 +189,16 @@ def worker_main(argv: list[str] | None = None) -> int:
                       stop=stop)
 
 
-def _signal_group(pgid: int | None, sig: int) -> bool:
-    if not pgid:
+def _signal_group(pgid: int | None, sig: int, *, marker: str | None = None) -> bool:
+    """Signal the process group `pgid` (from job.json) only if its leader still runs our command.
+
+    job.json outlives the processes it names: after a crash or reboot its pids may belong to anything.
+    `marker` (the job folder, on every command line we start for it) keeps a stale or edited pgid from
+    signalling an unrelated group; 0, 1 and negative ids (our own group, init, everything) are never used.
+    """
+    if not isinstance(pgid, int) or isinstance(pgid, bool) or pgid <= 1:
+        return False
+    if marker is not None and not pid_alive(pgid, marker=marker):
         return False
     try:
         os.killpg(pgid, sig)
@@ -209,15 +217,16 @@ def cancel(job: Any, *, grace_s: float = 30.0, poll_s: float = 0.2) -> str:
         job.set_state("cancelled", message="cancelled before it started")
         _append_state(job, "cancelled", "cancelled before it started")
         return "cancelled"
+    marker = str(job.dir)
     if runner_alive(job):
-        _signal_group(info.get("pgid"), signal.SIGTERM)
+        _signal_group(info.get("pgid"), signal.SIGTERM, marker=marker)
         deadline = time.monotonic() + grace_s
         while time.monotonic() < deadline and runner_alive(job):
             time.sleep(poll_s)
     info = job.info
-    if runner_alive(job) or pid_alive(info.get("child_pid")):
-        _signal_group(info.get("child_pgid"), signal.SIGKILL)
-        _signal_group(info.get("pgid"), signal.SIGKILL)
+    if runner_alive(job) or pid_alive(info.get("child_pid"), marker=marker):
+        _signal_group(info.get("child_pgid"), signal.SIGKILL, marker=marker)
+        _signal_group(info.get("pgid"), signal.SIGKILL, marker=marker)
         for _ in range(50):
             if not runner_alive(job):
                 break

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from .. import safe_json
 from ..errors import LoraFileError
 from ..paths import publish_file
 
@@ -49,6 +50,9 @@ def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
     p = Path(path)
     try:
         size = p.stat().st_size
+        if not p.is_file():
+            # A FIFO would block the open/read forever, a device (/dev/zero) never ends.
+            raise LoraFileError(f"{p} is not a regular file", hint="give the path of the .safetensors file")
         with open(p, "rb") as fh:
             head = fh.read(8)
             if len(head) < 8:
@@ -63,7 +67,7 @@ def read_header(path: str | os.PathLike[str]) -> SafetensorsHeader:
     except OSError as exc:
         raise LoraFileError(f"cannot read {p}: {exc.strerror or exc}") from exc
     try:
-        doc = json.loads(raw.decode("utf-8"))
+        doc = safe_json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise LoraFileError(f"{p}: the safetensors header is not JSON ({exc})") from exc
     if not isinstance(doc, dict):

@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from .. import safe_json
 from ..errors import TrainingError
 
 ENV_VARS: dict[str, str] = {
@@ -51,7 +52,7 @@ def _read_settings_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = safe_json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise TrainingError(
             f"cannot read settings file {path}: {exc}", hint="fix or delete it; it must be a JSON object"

@@ -27,7 +27,17 @@ def _job_or_new(settings, ref: str):
         from ..card import load_card
         from ..plan import TrainingPlan
 
-        plan = TrainingPlan.model_validate_json(path.read_bytes())
+        from pydantic import ValidationError
+
+        from ...errors import PlanError, Problem
+
+        try:
+            plan = TrainingPlan.model_validate_json(path.read_bytes())
+        except ValidationError as exc:
+            problems = [Problem(e["msg"], file=str(path), path=".".join(str(p) for p in e["loc"]), code=e["type"])
+                        for e in exc.errors()[:20]]
+            raise PlanError(f"{path} is not a valid plan.json ({exc.error_count()} problem(s))", problems,
+                            hint="write it with `plan DATASET --out plan.json` rather than by hand") from None
         card = load_card(Path(plan.dataset_dir) / "card.json")
         job = _store(settings).create(plan, card=card)
         out.print(f"created job {job.id}", highlight=False)

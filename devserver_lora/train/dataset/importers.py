@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ... import safe_json
 from ...errors import DatasetError, Problem, UnsafePathError
 from ...paths import safe_join
 from .zipsafe import ZipLimits, safe_extract
@@ -100,7 +101,7 @@ def _read_jsonl(root: Path) -> tuple[list[SourceItem], list[Problem]]:
             continue
         where = f"$[line {lineno}]"
         try:
-            row = json.loads(line)
+            row = safe_json.loads(line)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             problems.append(Problem(f"not a JSON object: {exc}", file=METADATA_FILE, path=where,
                                     code="metadata_invalid", hint="one JSON object per line"))

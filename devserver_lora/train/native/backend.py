@@ -9,6 +9,7 @@ job folder (a `ModelSource`), or the standard file names in `settings.models_dir
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from pathlib import Path
@@ -183,11 +184,20 @@ class NativeBackend:
             else:
                 trainer.load_state_dict(state)
                 log("info", f"resumed at step {trainer.step} of {settings.total_steps}")
+        final_path = job.outputs_dir / f"{plan.output_name}.safetensors"
+        if trainer.step >= settings.total_steps and final_path.is_file():
+            log("info", f"the job already finished all {settings.total_steps} steps; nothing to resume")
+            job.append_event(DoneEvent(lora_path=str(final_path), steps=trainer.step))
+            return final_path
         exporter = _Exporter(job, plan, trainer, info, self.export_format)
         last_emit = 0.0
 
+        main = trainer.accelerator.is_main_process  # with several GPUs only the main process writes
+
         def on_step(r: Any) -> None:
             nonlocal last_emit
+            if not main:
+                return
             now = time.monotonic()
             if r.step == 1 or r.step == r.total_steps or now - last_emit >= self.progress_interval_s or r.total_steps <= 200:
                 job.append_event(
@@ -195,6 +205,13 @@ class NativeBackend:
                                   loss=r.loss, eta_s=r.eta_s, it_per_s=r.it_per_s)
                 )
                 last_emit = now
+            if not math.isfinite(r.loss):
+                raise BackendError(
+                    f"the loss became {r.loss} at step {r.step}: training diverged",
+                    hint="lower the learning rate (e.g. halve it), or train in bf16 rather than fp16; "
+                    "checkpoints saved before this step are fine",
+                    diagnosis="nan_loss",
+                )
             if r.step >= r.total_steps:
                 return
             by_steps = settings.save_every_n_steps and r.step % settings.save_every_n_steps == 0
@@ -206,6 +223,9 @@ class NativeBackend:
                 job.append_event(CheckpointEvent(path=str(path), step=r.step, epoch=r.epoch))
 
         reached = trainer.train(on_step=on_step, stop=stop)
+        trainer.accelerator.wait_for_everyone()
+        if not main:
+            return job.outputs_dir / f"{plan.output_name}.safetensors"
         if reached < settings.total_steps:
             save_state(trainer.state_dict(), state_path)
             raise BackendError(

@@ -26,10 +26,14 @@ from ...errors import BackendError, Problem
 CONFIG_DIR = Path(__file__).with_name("configs")
 MMDIT_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
-EMBEDDED_TE_PREFIX = {"clip_l": "text_encoders.clip_l.transformer.", "clip_g": "text_encoders.clip_g.transformer."}
+EMBEDDED_TE_PREFIX = {
+    "clip_l": "text_encoders.clip_l.transformer.",
+    "clip_g": "text_encoders.clip_g.transformer.",
+    "t5xxl": "text_encoders.t5xxl.transformer.",
+}
 # File names people download, in the order we try them inside `models_dir`.
 CHECKPOINT_NAMES = {
-    "sd35_large": ("sd3.5_large.safetensors", "sd3.5_large_fp8_scaled.safetensors"),
+    "sd35_large": ("sd3.5_large.safetensors",),
     "sd35_medium": ("sd3.5_medium.safetensors",),
 }
 TEXT_ENCODER_NAMES = {
@@ -400,4 +404,8 @@ def load_tokenizer(kind: str, source: ModelSource) -> Any:
         return T5TokenizerFast.from_pretrained(str(d), local_files_only=True)
     from transformers import CLIPTokenizer
 
-    return CLIPTokenizer.from_pretrained(str(d), local_files_only=True)
+    tok = CLIPTokenizer.from_pretrained(str(d), local_files_only=True)
+    if kind == "clip_g" and "!" in tok.get_vocab():
+        # CLIP-G pads with "!" (id 0), as ComfyUI and diffusers' SD3 tokenizer_2 do; CLIP-L pads with the end token.
+        tok.pad_token = "!"
+    return tok
