@@ -292,3 +292,49 @@ def test_run_with_a_broken_plan_json_is_an_error_not_a_traceback(tmp_path: Path,
     assert train_main(["run", str(bad), "--jobs-dir", str(tmp_path / "jobs")]) == 1
     err = capsys.readouterr().err
     assert "not a valid plan.json" in err and "family" in err
+
+
+class EndlessViewDouble(ComfyDouble):
+    """/view streams a body with no Content-Length that never ends (until we stop reading)."""
+
+    async def _view(self, request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "image/png"})
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        try:
+            for _ in range(10_000):  # bounded: 640 MB at most, we must stop long before
+                await resp.write(b"\0" * 65536)
+        except (ConnectionError, RuntimeError):
+            pass
+        return resp
+
+
+async def test_client_stops_reading_an_endless_or_oversized_answer() -> None:
+    from devserver_lora.comfy.client import ComfyClient
+    from devserver_lora.comfy.protocol import ImageRef
+
+    with EndlessViewDouble() as double:
+        async with ComfyClient(double.url) as client:
+            client.max_response_bytes = 1024 * 1024
+            with pytest.raises(ComfyProtocolError, match="byte limit"):
+                await client.view(ImageRef("9", "x.png", "", "output"))
+            client.max_response_bytes = 100  # /system_stats answers with a Content-Length over this
+            with pytest.raises(ComfyProtocolError, match="byte limit"):
+                await client.system_stats()
+
+
+@pytest.mark.parametrize("command", [["jobs", "show"], ["status"], ["cancel"], ["resume"], ["install"]])
+@pytest.mark.parametrize("job_id", ["../x", "/etc", "..", "a/b", "-rf"])
+def test_job_ids_on_the_command_line_never_name_a_path(command: list[str], job_id: str, tmp_path: Path,
+                                                      monkeypatch, capsys) -> None:
+    from devserver_lora.train.cli import main as train_main
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "job.json").write_text('{"id": "x", "state": "done"}')  # a job-like folder next door
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    argv = [*command, "--jobs-dir", str(jobs), "--", job_id] if job_id.startswith("-") else [
+        *command, job_id, "--jobs-dir", str(jobs)]
+    assert train_main(argv) == 1
+    assert "is not a job id" in capsys.readouterr().err

@@ -160,3 +160,16 @@ def test_worker_records_any_backends_outcome(kohya_env, monkeypatch, outcome, st
     if outcome == "done":
         assert job.info["lora_path"].endswith("tiny_sd3_lora.safetensors")
     assert kinds(job, "state")[-1]["state"] == state
+
+
+def test_run_refuses_in_the_foreground_when_the_native_backend_has_no_model(kohya_env, capsys):
+    # A blocker must show before a detached worker starts, whichever backend runs the job.
+    from devserver_lora.train.cli import main
+
+    job = kohya_env.job()
+    code = main(["run", job.id, "--backend", "native", "--jobs-dir", str(kohya_env.jobs_dir)])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "no base model configured" in captured.out + captured.err
+    assert "not started" in captured.err
+    assert job.state == "created" and "pid" not in job.info  # no worker was started

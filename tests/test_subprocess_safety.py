@@ -7,7 +7,6 @@ Scans the package source with `ast`, so a new `shell=True`, `os.system`, a comma
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 
 from conftest import ROOT
 

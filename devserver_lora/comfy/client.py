@@ -101,6 +101,9 @@ class ComfyClient:
     Use as `async with ComfyClient(url) as c: result = await c.run(graph)`.
     """
 
+    # Largest HTTP body we accept: a full-size PNG with its embedded graph is tens of MB, object_info a few.
+    max_response_bytes: int = 256 * 1024 * 1024
+
     def __init__(
         self,
         base_url: str,
@@ -131,7 +134,9 @@ class ComfyClient:
     async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         url = self.base_url + path
         try:
-            return await self._http.request(method, url, **kwargs)
+            async with self._http.stream(method, url, **kwargs) as resp:
+                body = await self._read_bounded(resp, method, path)
+            return httpx.Response(resp.status_code, headers=resp.headers, content=body, request=resp.request)
         except httpx.TimeoutException as exc:
             raise ComfyUnreachable(
                 f"ComfyUI at {self.base_url} did not answer {method} {path} within {self.timeouts.http:.0f} s",
@@ -142,6 +147,22 @@ class ComfyClient:
                 f"cannot reach ComfyUI at {self.base_url} ({type(exc).__name__}: {exc})",
                 hint="start ComfyUI, or pass the right --server URL (with its path prefix, if any)",
             ) from exc
+
+    async def _read_bounded(self, resp: httpx.Response, method: str, path: str) -> bytes:
+        # A hostile or broken server must not make us buffer an endless body (all of it would sit in memory).
+        limit = self.max_response_bytes
+        declared = resp.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise ComfyProtocolError(f"{method} {path} announces {declared} bytes, over the {limit} byte limit",
+                                     hint="no ComfyUI answer is that large; is this really a ComfyUI server?")
+        chunks, size = [], 0
+        async for chunk in resp.aiter_bytes():
+            size += len(chunk)
+            if size > limit:
+                raise ComfyProtocolError(f"{method} {path} sent more than the {limit} byte limit",
+                                         hint="no ComfyUI answer is that large; is this really a ComfyUI server?")
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     async def _get_json(self, path: str, **kwargs: Any) -> Any:
         resp = await self._request("GET", path, **kwargs)

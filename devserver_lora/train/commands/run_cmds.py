@@ -24,12 +24,11 @@ def _job_or_new(settings, ref: str):
     """A job id, or a plan.json file from which a new job is created (dataset card from the dataset folder)."""
     path = Path(ref)
     if path.suffix == ".json" and path.is_file():
-        from ..card import load_card
-        from ..plan import TrainingPlan
-
         from pydantic import ValidationError
 
         from ...errors import PlanError, Problem
+        from ..card import load_card
+        from ..plan import TrainingPlan
 
         try:
             plan = TrainingPlan.model_validate_json(path.read_bytes())
@@ -117,15 +116,13 @@ def _cmd_run(args: argparse.Namespace, *, resume: bool = False) -> int:
 
 
 def _refused_by_preflight(job: Any, settings: Any, args: argparse.Namespace) -> bool:
-    """Check the Kohya setup in the foreground, so a student sees every blocker at once, before anything starts."""
-    from ..backends import kohya_available
-    from ..kohya.backend import KohyaBackend
+    """Check the chosen backend's setup in the foreground, so a student sees every blocker at once, before anything
+    starts (a detached worker that fails a second later is easy to miss)."""
+    from ..backends import get_backend
     from ..kohya.venv import blockers
     from .check_cmds import print_findings
 
-    if args.backend == "native" or (args.backend == "auto" and not kohya_available(settings)):
-        return False
-    findings = KohyaBackend(settings).preflight(job)
+    findings = get_backend(args.backend, settings).preflight(job)
     bad = blockers(findings)
     if not bad:
         return False
