@@ -147,12 +147,13 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any, *, indent: int = 2
 def free_name(path: str | os.PathLike[str]) -> Path:
     """`path` if nothing is there, else the first of `stem-2.ext`, `stem-3.ext`, ... that is free."""
     target = Path(path)
-    if not target.exists():
+    # lexists: a dangling symlink is a taken name too (exists() says no, and os.link would refuse it forever).
+    if not os.path.lexists(target):
         return target
     n = 2
     while True:
         candidate = target.with_name(f"{target.stem}-{n}{target.suffix}")
-        if not candidate.exists():
+        if not os.path.lexists(candidate):
             return candidate
         n += 1
 

@@ -39,6 +39,7 @@ from comfy_double_rules import (
     execution_order,
     fill_model_lists,
     fixture,
+    node_state,
     output_nodes,
     preview_frame,
     render_png,
@@ -417,18 +418,6 @@ class ComfyDouble:
         async def progress_state() -> None:
             await self._send(sid, "progress_state", {"prompt_id": pid, "nodes": copy.deepcopy(states)})
 
-        def state(nid: str, value: float, maximum: float, name: str) -> dict:
-            return {
-                "value": value,
-                "max": maximum,
-                "state": name,
-                "node_id": nid,
-                "prompt_id": pid,
-                "display_node_id": nid,
-                "parent_node_id": None,
-                "real_node_id": nid,
-            }
-
         ui: dict[str, dict] = {}
         executed: list[str] = []
         failure = None
@@ -439,10 +428,10 @@ class ComfyDouble:
                 if out is not None:
                     ui[nid] = out
                     await to_client("executed", {"node": nid, "display_node": nid, "output": out, "prompt_id": pid})
-                    states[nid] = state(nid, 1, 1, "finished")
+                    states[nid] = node_state(pid, nid, 1, 1, "finished")
                     await progress_state()
                 continue
-            states[nid] = state(nid, 0.0, 1.0, "running")
+            states[nid] = node_state(pid, nid, 0.0, 1.0, "running")
             await progress_state()
             await to_client("executing", {"node": nid, "display_node": nid, "prompt_id": pid})
             if self.faults.fail_node == nid:
@@ -459,7 +448,7 @@ class ComfyDouble:
                         break
                     if self.faults.previews:
                         await self._send_preview(sid, pid, nid)
-                    states[nid] = state(nid, step, steps, "running")
+                    states[nid] = node_state(pid, nid, step, steps, "running")
                     await progress_state()
                     await self._send(sid, "progress", {"value": step, "max": steps, "prompt_id": pid, "node": nid})
                 if failure:
@@ -471,7 +460,7 @@ class ComfyDouble:
                 await to_client("executed", {"node": nid, "display_node": nid, "output": out, "prompt_id": pid})
             self.cache[nid] = (sigs[nid], out)
             executed.append(nid)
-            states[nid] = state(nid, steps if steps > 1 else 1.0, steps if steps > 1 else 1.0, "finished")
+            states[nid] = node_state(pid, nid, steps if steps > 1 else 1.0, steps if steps > 1 else 1.0, "finished")
             await progress_state()
         if failure is None:
             await add("execution_success", {"prompt_id": pid}, False)

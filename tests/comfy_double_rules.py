@@ -68,6 +68,20 @@ def fill_model_lists(object_info: dict, models: dict[str, list[str]]) -> dict:
     return info
 
 
+def node_state(pid: str, nid: str, value: float, maximum: float, name: str) -> dict:
+    """One node's entry of a `progress_state` message, as ComfyUI's progress registry reports it."""
+    return {
+        "value": value,
+        "max": maximum,
+        "state": name,
+        "node_id": nid,
+        "prompt_id": pid,
+        "display_node_id": nid,
+        "parent_node_id": None,
+        "real_node_id": nid,
+    }
+
+
 def preview_frame(pid: str, nid: str) -> bytes:
     """PREVIEW_IMAGE_WITH_METADATA as server.py packs it: type 4, metadata length, metadata JSON, JPEG."""
     meta = {"node_id": nid, "prompt_id": pid, "display_node_id": nid, "parent_node_id": None, "real_node_id": nid}

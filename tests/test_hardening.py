@@ -1,6 +1,7 @@
 """Hostile input that used to get through: a lying ComfyUI server, deeply nested JSON, FIFOs posing as files.
 
-Each test here failed before the fix it names (see the hardening review in the report of issue F).
+Each test of a hole fails without its fix (the hardening review lists file, hole, fix and test); the job-id
+and real-filename tests guard behaviour that was already right, so a later change cannot lose it.
 """
 
 from __future__ import annotations
@@ -15,12 +16,15 @@ from typing import Any
 import pytest
 from aiohttp import web
 from comfy_double import ComfyDouble
+from kohya_standin import fixtures as standin_fixtures
 
 from devserver_lora import safe_json
 from devserver_lora.cli import main
 from devserver_lora.comfy.protocol import parse_history, parse_json_frame, parse_submit_response
 from devserver_lora.errors import ComfyProtocolError, ConfigError, DatasetError, LoraFileError, TrainingError
 from devserver_lora.loras import inspect_lora
+
+kohya_env = standin_fixtures.kohya_env  # the shared pytest fixture
 
 DEEP = "[" * 50_000 + "]" * 50_000  # json.loads raises RecursionError on this, not JSONDecodeError
 SMALL = ["--set", "WIDTH=64", "--set", "HEIGHT=64", "--set", "STEPS=2"]
@@ -238,11 +242,6 @@ def test_training_inputs_nested_too_deep_are_clear_errors(tmp_path: Path) -> Non
 
 # --- arguments that could be read as options ---------------------------------------------------------------------
 
-from kohya_standin import fixtures as standin_fixtures  # noqa: E402
-
-kohya_env = standin_fixtures.kohya_env  # the shared pytest fixture
-
-
 def test_kohya_argv_paths_are_absolute_so_a_dash_folder_is_no_option(kohya_env, tmp_path: Path, monkeypatch) -> None:
     from devserver_lora.train.kohya import args as kargs
     from devserver_lora.train.kohya.models import find_model_files
@@ -338,3 +337,31 @@ def test_job_ids_on_the_command_line_never_name_a_path(command: list[str], job_i
         *command, job_id, "--jobs-dir", str(jobs)]
     assert train_main(argv) == 1
     assert "is not a job id" in capsys.readouterr().err
+
+
+# --- never-overwrite publishing -----------------------------------------------------------------------------------
+
+
+def test_copy_no_overwrite_treats_a_dangling_symlink_as_taken(tmp_path: Path) -> None:
+    from devserver_lora.paths import copy_no_overwrite, free_name
+
+    src = tmp_path / "trained.safetensors"
+    src.write_bytes(b"weights")
+    loras = tmp_path / "loras"
+    loras.mkdir()
+    (loras / "style.safetensors").symlink_to(tmp_path / "gone.safetensors")  # dangling
+    assert free_name(loras / "style.safetensors") == loras / "style-2.safetensors"
+    written: list[Path] = []
+    # Before the fix this looped forever: exists() said the name was free, os.link said it was taken.
+    assert _run_bounded(lambda: written.append(copy_no_overwrite(src, loras / "style.safetensors"))) is None
+    assert written == [loras / "style-2.safetensors"] and written[0].read_bytes() == b"weights"
+    assert (loras / "style.safetensors").is_symlink() and not (tmp_path / "gone.safetensors").exists()
+
+
+def test_settings_paths_are_absolute_before_they_reach_the_detached_worker(tmp_path: Path, monkeypatch) -> None:
+    from devserver_lora.train.settings import load_settings
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("KOHYA_DIR", "kohya")
+    s = load_settings(home="home", jobs_dir="-jobs")
+    assert s.home == tmp_path / "home" and s.jobs_dir == tmp_path / "-jobs" and s.kohya_dir == tmp_path / "kohya"

@@ -53,8 +53,10 @@ class WsHub:
             if self.alive:
                 return True
             try:
+                # close_timeout: a server that never answers our close frame must not hold us (default 10 s).
                 self._ws = await asyncio.wait_for(
-                    websockets.connect(self.url, max_size=64 * 2**20, open_timeout=self.connect_timeout, proxy=None),
+                    websockets.connect(self.url, max_size=64 * 2**20, open_timeout=self.connect_timeout,
+                                       close_timeout=min(2.0, self.connect_timeout), proxy=None),
                     self.connect_timeout + 1,
                 )
             except (OSError, TimeoutError, websockets.WebSocketException) as exc:

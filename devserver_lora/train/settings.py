@@ -83,8 +83,10 @@ def load_settings(**overrides: Any) -> Settings:
     values["home"] = home
     values.setdefault("jobs_dir", home / "jobs")
     for key, val in list(values.items()):
-        if isinstance(val, str):
-            values[key] = Path(val).expanduser()
+        if isinstance(val, str | Path):
+            # Absolute now: the detached worker runs in the job folder and gets these through runner_settings.json,
+            # where a relative "kohya" or "-jobs" would name something else (or read as an option).
+            values[key] = Path(val).expanduser().absolute()
     try:
         return Settings.model_validate(values)
     except ValidationError as exc:
