@@ -133,7 +133,7 @@ def run_demo(
     # 4. train in the detached runner (exactly what `run` starts), following its events with a progress bar.
     runner.start(job, settings, backend="native")
     if show_progress:
-        from .commands.run_cmds import show_follow
+        from .progress_view import show_follow
 
         show_follow(job, timeout_s=900, poll_s=0.2)
     else:
