@@ -29,7 +29,7 @@ from .comfy.client import ComfyClient, EventCallback, Timeouts
 from .comfy.preflight import check_installed, check_key_coverage, lora_nodes_in
 from .comfy.sync import run_sync
 from .config import OutputChunk, OutputConfig, SchemasTree, load_output_config, read_json_file
-from .errors import ConfigError, DevserverLoraError, Problem, WorkflowError
+from .errors import ConfigError, DevserverLoraError, LoraFileError, Problem, WorkflowError
 from .graph import NodeTypes
 from .lora_spec import LoraSpec
 from .paths import safe_join
@@ -107,8 +107,13 @@ class LoraInjector:
                 return [str(x) for x in self.object_info["LoraLoader"]["input"]["required"]["lora_name"][0]]
             except (KeyError, IndexError, TypeError):
                 return None
-        if self.loras_dir is not None and Path(self.loras_dir).is_dir():
+        if self.loras_dir is not None:
             root = Path(self.loras_dir)
+            if not root.is_dir():
+                raise LoraFileError(
+                    f"the loras folder {root} does not exist",
+                    hint="give ComfyUI's models/loras folder (or leave it out to skip the local file checks)",
+                )
             return sorted(p.relative_to(root).as_posix() for p in root.rglob("*.safetensors"))
         return None
 
@@ -308,14 +313,17 @@ class Stage4Runner:
     def __init__(
         self,
         schemas: str | Path | SchemasTree,
-        comfy_url: str,
+        comfy_url: str | None,
         *,
         loras_dir: str | Path | None = None,
         arch: Any = None,
         timeouts: Timeouts | None = None,
+        trigger_position: str = "prefix",
     ) -> None:
+        """`comfy_url` None: only `prepare` (build the graph offline), as `devserver-lora inject` does."""
         self.tree = schemas if isinstance(schemas, SchemasTree) else SchemasTree.load(schemas)
         self.comfy_url = comfy_url
+        self.trigger_position = trigger_position
         self.loras_dir = Path(loras_dir) if loras_dir else None
         self.arch = arch
         self.timeouts = timeouts or Timeouts()
@@ -353,7 +361,9 @@ class Stage4Runner:
         workflow = injector(chunk.workflow, specs) if specs else dict(chunk.workflow)
         if installed is not None:
             check_installed(workflow, installed)
-        final_prompt = merge_triggers(prompt, triggers_in(workflow)) if specs else prompt
+        final_prompt = (
+            merge_triggers(prompt, triggers_in(workflow), position=self.trigger_position) if specs else prompt
+        )
         input_data: dict[str, Any] = {"prompt": final_prompt}
         for key, value in params.items():
             input_data[PARAMETER_KEYS.get(key, key)] = value
@@ -373,6 +383,9 @@ class Stage4Runner:
         on_prepared: Callable[[dict[str, Any]], None] | None = None,
     ) -> Stage4Result:
         """Prepare, submit and wait. `on_prepared(graph)` sees the final graph before it is submitted."""
+        if self.comfy_url is None:
+            raise DevserverLoraError("no ComfyUI URL given: this runner can only prepare graphs",
+                                     hint="pass the server's URL, e.g. http://127.0.0.1:8188")
         async with ComfyClient(self.comfy_url, timeouts=self.timeouts) as client:
             workflow, chosen, specs, final_prompt, chunk = self.prepare(
                 config_name, prompt, seed=seed, overrides=overrides

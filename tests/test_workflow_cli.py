@@ -84,9 +84,26 @@ def test_inject_reads_triggers_and_text_encoder_keys_from_the_file(capsys: pytes
     assert node["class_type"] == "LoraLoaderModelOnly" and node["inputs"]["strength_model"] == 0.6
     assert wf["10"]["inputs"]["value"] == "àdìrẹ, indigo cloth"
 
+    (tmp_path / "empty").mkdir()
     code, out, _ = _run(capsys, "inject", "--config", "sd35_large_unet", "--schemas", str(schemas),
                         "--loras-dir", str(tmp_path / "empty"), "--json")
-    assert code == 1 and "is not in" in json.loads(out)["message"]
+    assert code == 1 and "'unet_only.safetensors' is not installed" in json.loads(out)["message"]
+    code, out, _ = _run(capsys, "inject", "--config", "sd35_large_unet", "--schemas", str(schemas),
+                        "--loras-dir", str(tmp_path / "nowhere"), "--json")
+    assert code == 1 and "does not exist" in json.loads(out)["message"]
+
+
+def test_inject_applies_the_configs_parameters_like_stage_4(capsys: pytest.CaptureFixture[str]) -> None:
+    # The printed graph is what Stage 4 would submit: the config's size, steps, CFG, negative prompt and seed.
+    code, out, _ = _run(capsys, "inject", "--config", "sd35_large_yoruba", "--schemas", str(SCHEMAS),
+                        "--prompt", "a market", "--seed", "42")
+    assert code == 0
+    wf = json.loads(out)
+    cfg = json.loads((SCHEMAS / "configs/output/sd35_large_yoruba.json").read_text(encoding="utf-8"))["parameters"]
+    assert wf["8"]["inputs"]["seed"] == 42
+    assert (wf["3"]["inputs"]["width"], wf["8"]["inputs"]["steps"], wf["8"]["inputs"]["cfg"]) == (
+        cfg["WIDTH"], cfg["STEPS"], cfg["CFG"])
+    assert wf["11"]["inputs"]["value"] == cfg["NEGATIVE_PROMPT"]
 
 
 def test_inject_unknown_config(capsys: pytest.CaptureFixture[str]) -> None:

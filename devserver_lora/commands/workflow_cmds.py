@@ -6,27 +6,12 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..config import SHIPPED_SCHEMAS_DIR, SchemasTree
+from ..config import SHIPPED_SCHEMAS_DIR
 from ..console import out, print_json
-from ..errors import GraphValidationError, LoraFileError
+from ..devserver import Stage4Runner
+from ..errors import GraphValidationError
 from ..graph_check import load_object_info, validate_graph
-from ..loras import ARCHS, LoraReport, fit_problems, inspect_lora, predict_not_loaded, resolve_arch
-from ..paths import safe_join
-from ..triggers import merge_triggers
-from ..workflow import inject_loras, set_field
-
-
-def _reports(names: list[str], loras_dir: str | None) -> dict[str, LoraReport]:
-    """Reports of the LoRA files found in `loras_dir` (names are hostile: joined safely)."""
-    if not loras_dir:
-        return {}
-    reports = {}
-    for name in names:
-        path = safe_join(loras_dir, name, what="LoRA name")
-        if not path.exists():
-            raise LoraFileError(f"LoRA '{name}' is not in {loras_dir}", hint="install it first, or drop --loras-dir")
-        reports[name] = inspect_lora(path)
-    return reports
+from ..loras import ARCHS, fit_problems, inspect_lora, predict_not_loaded, resolve_arch
 
 
 def build_workflow(
@@ -36,30 +21,25 @@ def build_workflow(
     prompt: str | None = None,
     loras_dir: str | None = None,
     position: str = "prefix",
+    seed: int | None = None,
 ) -> dict[str, Any]:
-    """The workflow DevServer's Stage 4 would submit for `config_name`, with LoRAs and triggers applied."""
-    resolved = SchemasTree.load(schemas).resolve(config_name)
-    reports = _reports([s.name for s in resolved.loras], loras_dir)
-    workflow = inject_loras(resolved.chunk.workflow, resolved.loras, lora_info=reports)
-    if prompt is not None:
-        triggers: list[str] = []
-        for spec in resolved.loras:
-            words = spec.trigger_words or tuple(reports[spec.name].trigger_words if spec.name in reports else ())
-            triggers += list(words)
-        text = merge_triggers(prompt, triggers, position=position)  # type: ignore[arg-type]
-        targets = resolved.chunk.mapping_targets("prompt")
-        if not targets:
-            raise GraphValidationError(
-                f"chunk '{resolved.chunk.name}' has no 'prompt' input mapping to put the prompt into", []
-            )
-        for t in targets:
-            set_field(workflow, t.node_id, t.field, text)
+    """The workflow DevServer's Stage 4 would submit for `config_name`: parameters, LoRAs and triggers applied.
+
+    Offline: with `loras_dir` the LoRA files are read (trigger words, text-encoder keys, key fit).
+    """
+    runner = Stage4Runner(schemas, None, loras_dir=loras_dir, trigger_position=position)
+    workflow, *_ = runner.prepare(config_name, prompt or "", seed=seed)
     return workflow
 
 
 def _inject(args: argparse.Namespace) -> int:
     workflow = build_workflow(
-        args.schemas, args.config, prompt=args.prompt, loras_dir=args.loras_dir, position=args.trigger_position
+        args.schemas,
+        args.config,
+        prompt=args.prompt,
+        loras_dir=args.loras_dir,
+        position=args.trigger_position,
+        seed=args.seed,
     )
     if args.object_info:
         problems = validate_graph(workflow, load_object_info(args.object_info))
@@ -110,14 +90,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "inject",
         help="print the ComfyUI workflow an output config renders with, LoRAs injected",
-        description="Resolve an output config to its chunk, put the prompt (with the LoRAs' trigger words) into the "
-        "chunk's prompt mapping, inject the LoRA chain and print the API-format workflow as JSON.",
+        description="Resolve an output config to its chunk, apply its parameters as DevServer's Stage 4 does, put the "
+        "prompt (with the LoRAs' trigger words) into the chunk's prompt mapping, inject the LoRA chain and print the "
+        "API-format workflow that would be submitted, as JSON. Nothing is sent anywhere.",
     )
     p.add_argument("--config", required=True, help="output config name (file stem), e.g. sd35_large_yoruba")
     p.add_argument("--schemas", default=str(SHIPPED_SCHEMAS_DIR), help="DevServer schemas folder (default: shipped)")
     p.add_argument("--prompt", help="the Stage-2 prompt; trigger words are merged in without duplicates")
     p.add_argument("--trigger-position", choices=("prefix", "suffix"), default="prefix", help="where triggers go")
     p.add_argument("--loras-dir", help="ComfyUI's models/loras folder: read trigger words and text-encoder keys")
+    p.add_argument("--seed", type=int, help="the seed (default: the config's SEED; 'random' draws one)")
     p.add_argument("--object-info", help="saved GET /object_info answer: validate offline the way ComfyUI would")
     p.add_argument("--json", action="store_true", help="errors as JSON (the workflow is always JSON)")
     p.set_defaults(func=_inject)
