@@ -43,7 +43,8 @@ def kohya_available(settings: Any, kohya_dir: Path | str | None = None) -> bool:
 def get_backend(name: str, settings: Any, **options: Any) -> Backend:
     """`kohya`, `native`, or `auto` (Kohya if a valid Kohya install is configured, else native).
 
-    Options go to the backend's constructor (Kohya: kohya_dir, num_processes, grace_s, ...).
+    Options go to the backend's constructor (Kohya: kohya_dir, num_processes, grace_s, ...; native: num_processes,
+    grace_s, ...).
     """
     if name not in BACKEND_NAMES:
         raise BackendError(f"unknown backend {name!r}", hint=f"choose one of: {', '.join(BACKEND_NAMES)}")
@@ -64,5 +65,5 @@ def get_backend(name: str, settings: Any, **options: Any) -> Backend:
                 hint="install the training extra (`pip install devserver-lora[train]`) or use --backend kohya",
                 diagnosis="native_missing",
             ) from exc
-    native_options = {k: v for k, v in options.items() if k not in ("kohya_dir", "num_processes")}
+    native_options = {k: v for k, v in options.items() if k != "kohya_dir"}
     return NativeBackend(settings, **native_options)

@@ -126,8 +126,7 @@ def run_worker(job: Any, settings: Any, *, backend: str, resume: bool, num_proce
                   message="resuming" if resume else "running")
     _append_state(job, "running", "resuming" if resume else "training started")
     try:
-        options: dict[str, Any] = {"num_processes": num_processes} if backend in ("kohya", "auto") else {}
-        chosen = get_backend(backend, settings, **options)
+        chosen = get_backend(backend, settings, num_processes=num_processes)
         job.set_state("running", backend=chosen.name)
         path = chosen.run(job, resume=resume, stop=stop)
     except BackendError as exc:

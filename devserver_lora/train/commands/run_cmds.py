@@ -72,7 +72,7 @@ def _refused_by_preflight(job: Any, settings: Any, args: argparse.Namespace) -> 
     from ..kohya.venv import blockers
     from .check_cmds import print_findings
 
-    findings = get_backend(args.backend, settings).preflight(job)
+    findings = get_backend(args.backend, settings, num_processes=args.num_processes).preflight(job)
     bad = blockers(findings)
     if not bad:
         return False

@@ -30,8 +30,11 @@ class NativeBackend:
     name = "native"
 
     def __init__(self, settings: Any = None, *, source: ModelSource | None = None, device: str | None = None,
-                 export_format: str = "kohya", progress_interval_s: float = 0.5) -> None:
+                 export_format: str = "kohya", progress_interval_s: float = 0.5, num_processes: int = 1,
+                 grace_s: float = 30.0) -> None:
         self.settings = settings
+        self.num_processes = num_processes  # > 1: `launch.run_launched` starts that many processes
+        self.grace_s = grace_s
         self.source = source
         self.device = device
         self.export_format = export_format
@@ -61,6 +64,10 @@ class NativeBackend:
             )
             return problems
         problems += check_backend_support(plan.hyper, "native", plan.memory)
+        if self.num_processes != 1:
+            from .launch import multiprocess_problems  # lazily: launch.py is also run as __main__
+
+            problems += multiprocess_problems(self.num_processes)
         if plan.hyper.shuffle_caption:
             problems.append(
                 Problem(
@@ -99,7 +106,22 @@ class NativeBackend:
             )
         return problems
 
+    def check_preflight(self, job: Any) -> None:
+        """Raise BackendError on the first preflight error (warnings pass)."""
+        blocking = [p for p in self.preflight(job) if p.severity == "error"]
+        if blocking:
+            raise BackendError(
+                "the native backend cannot run this job: " + "; ".join(p.message for p in blocking),
+                hint=blocking[0].hint,
+                diagnosis=blocking[0].code,
+            )
+
     def run(self, job: Any, *, resume: bool = False, stop: threading.Event | None = None) -> Path:
+        if self.num_processes > 1:
+            from .launch import run_launched
+
+            return run_launched(self, job, num_processes=self.num_processes, resume=resume, stop=stop,
+                                grace_s=self.grace_s)
         try:
             return self._run(job, resume=resume, stop=stop)
         except BackendError as exc:
@@ -124,22 +146,19 @@ class NativeBackend:
     # --- the work ----------------------------------------------------------------------
     def _run(self, job: Any, *, resume: bool, stop: threading.Event | None) -> Path:
         import torch
+        from accelerate import PartialState
 
         from .caches import CACHE_FILE, TextEncoder, build_caches, cache_key, load_caches, save_caches
         from .loop import LoopSettings, LoraTrainer, load_state, save_state
 
         models.env_offline()
-        blocking = [p for p in self.preflight(job) if p.severity == "error"]
-        if blocking:
-            raise BackendError(
-                "the native backend cannot run this job: " + "; ".join(p.message for p in blocking),
-                hint=blocking[0].hint,
-                diagnosis=blocking[0].code,
-            )
+        self.check_preflight(job)
         plan, manifest = job.plan, job.manifest
         source = self.model_source(job)
         info = models.inspect_source(source, family=plan.family)
-        device = torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        # One process, or one of several launched ones: each uses its own GPU, the main one builds the caches.
+        shared = PartialState(cpu=not torch.cuda.is_available())
+        device = torch.device(self.device or shared.device)
         dtype = torch.float32
         if device.type == "cuda":
             dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(plan.hyper.mixed_precision, torch.float32)
@@ -149,26 +168,27 @@ class NativeBackend:
 
         key = cache_key(manifest, res, plan.hyper.flip_aug, _model_id(source))
         cache_path = job.work_dir / CACHE_FILE
-        caches = load_caches(cache_path, key)
-        if caches is None:
-            job.append_event(LogEvent(message=f"encoding {manifest.num_images} images and captions (cached once)"))
+        with shared.main_process_first():  # the others then read what the main process wrote
+            caches = load_caches(cache_path, key)
+            if caches is None:
+                job.append_event(LogEvent(message=f"encoding {manifest.num_images} images and captions (cached once)"))
 
-            def load_vae() -> Any:
-                return models.load_vae(source, dtype=dtype).to(device).eval()
+                def load_vae() -> Any:
+                    return models.load_vae(source, dtype=dtype).to(device).eval()
 
-            def load_tes() -> list[TextEncoder]:
-                out = []
-                for kind, where in sorted(info.text_encoders.items()):
-                    model = models.load_text_encoder(kind, where, source, dtype=dtype).to(device).eval()
-                    out.append(TextEncoder(kind, model, models.load_tokenizer(kind, source)))
-                return out
+                def load_tes() -> list[TextEncoder]:
+                    out = []
+                    for kind, where in sorted(info.text_encoders.items()):
+                        model = models.load_text_encoder(kind, where, source, dtype=dtype).to(device).eval()
+                        out.append(TextEncoder(kind, model, models.load_tokenizer(kind, source)))
+                    return out
 
-            caches = build_caches(
-                manifest, Path(plan.dataset_dir), resolution=res, flip=plan.hyper.flip_aug, load_vae=load_vae,
-                load_text_encoders=load_tes, joint_dim=config["joint_attention_dim"],
-                pooled_dim=config["pooled_projection_dim"], device=device, key=key,
-            )
-            save_caches(caches, cache_path)
+                caches = build_caches(
+                    manifest, Path(plan.dataset_dir), resolution=res, flip=plan.hyper.flip_aug, load_vae=load_vae,
+                    load_text_encoders=load_tes, joint_dim=config["joint_attention_dim"],
+                    pooled_dim=config["pooled_projection_dim"], device=device, key=key,
+                )
+                save_caches(caches, cache_path)
         transformer = models.load_transformer(source, info, dtype=dtype).to(device)
         settings = LoopSettings.from_plan(plan)
 
@@ -176,6 +196,9 @@ class NativeBackend:
             job.append_event(LogEvent(level=level, message=message))
 
         trainer = LoraTrainer(transformer, caches, settings, log=log)
+        if trainer.accelerator.num_processes > 1:
+            log("info", f"training in {trainer.accelerator.num_processes} processes "
+                f"({trainer.accelerator.distributed_type.value}), {trainer.steps_per_epoch} steps per epoch each")
         state_path = job.work_dir / STATE_FILE
         if resume:
             state = load_state(state_path)

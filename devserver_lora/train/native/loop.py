@@ -166,12 +166,25 @@ class LoraTrainer:
         self.optimizer = self._optimizer()
         self.lr_scheduler = _scheduler(settings.lr_scheduler, self.optimizer, settings.lr_warmup_steps, settings.total_steps)
         self.model, self.optimizer = self.accelerator.prepare(transformer, self.optimizer)
-        self.generator = torch.Generator().manual_seed(settings.seed)
+        self.generator = torch.Generator().manual_seed(self._noise_seed(0))
         self.step = 0
         self.epoch = 0  # completed epochs
         self.pos = 0  # next micro-batch within the current epoch
 
     # --- setup ---------------------------------------------------------------------
+    def _noise_seed(self, step: int) -> int:
+        """Rank 0 draws from the plan's seed; other ranks need their own noise (they see other images)."""
+        rank = self.accelerator.process_index
+        return self.s.seed if rank == 0 else self.s.seed + 1_000_003 * rank + 7_919 * step
+
+    def _stop_requested(self, stop: threading.Event | None) -> bool:
+        """Several processes must leave at the same step (else one waits forever in the next all-reduce)."""
+        asked = stop is not None and stop.is_set()
+        if self.accelerator.num_processes == 1:
+            return asked
+        flag = torch.tensor([1.0 if asked else 0.0], device=self.accelerator.device)
+        return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
+
     def _optimizer(self) -> torch.optim.Optimizer:
         name = self.s.optimizer
         if name == "AdamW8bit":
@@ -258,7 +271,7 @@ class LoraTrainer:
         started, start_step = time.monotonic(), self.step
         order = self._epoch_order(self.epoch)
         while self.step < self.s.total_steps:
-            if stop is not None and stop.is_set():
+            if self._stop_requested(stop):
                 break
             window = min(self.s.gradient_accumulation_steps, self.batches_per_epoch - self.pos)
             losses = []
@@ -335,7 +348,9 @@ class LoraTrainer:
             raise BackendError("the saved LoRA state has unexpected keys", diagnosis="resume_mismatch")
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
-        self.generator.set_state(state["generator"])
+        self.generator.set_state(state["generator"])  # saved by rank 0; the others start a fresh stream
+        if self.accelerator.process_index != 0:
+            self.generator.manual_seed(self._noise_seed(int(state["step"])))
         torch.set_rng_state(state["torch_rng"])
         self.step, self.epoch, self.pos = int(state["step"]), int(state["epoch"]), int(state["pos"])
 

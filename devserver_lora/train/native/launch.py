@@ -1,0 +1,296 @@
+"""Several-process native training: the worker side (`run_launched`) and the per-process entry point (`main`).
+
+With `num_processes > 1` the worker does not train itself: it starts `accelerate launch` as a child in its
+own process group (output appended to the job's log) and keeps owning the job's state. Each launched
+process runs `python -m devserver_lora.train.native.launch`, builds a one-process `NativeBackend` and trains
+its share of every epoch (accelerate's DDP); only the main process writes events, checkpoints and the result
+file the worker reads back. A stop is a file in the job's work folder that every rank polls, agreed on with
+an all-reduce, so all ranks leave at the same step and the main one saves its state; the worker escalates to
+SIGTERM and then SIGKILL on the child group only if the processes do not leave within the grace period.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from ...errors import BackendError, Problem
+from ...paths import atomic_write_json
+from ..events import ErrorEvent
+from .models import ModelSource
+
+LAUNCH_MODULE = "devserver_lora.train.native.launch"
+ALLOW_CPU_ENV = "DEVSERVER_LORA_ALLOW_CPU_MULTIPROCESS"
+SPEC_FILE = "native_launch.json"
+RESULT_FILE = "native_launch_result.json"
+STOP_FILE = "native_launch.stop"
+LOG_FILE = "runner.log"
+
+
+class LaunchSpec(BaseModel):
+    """What the launched processes need to rebuild the worker's backend (written to the job's work folder)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    settings: dict[str, Any] | None = None
+    source: ModelSource | None = None
+    device: str | None = None
+    export_format: str = "kohya"
+    progress_interval_s: float = 0.5
+
+
+# --- preflight ------------------------------------------------------------------------------
+def cuda_device_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def multiprocess_problems(num_processes: int) -> list[Problem]:
+    """`num_processes` must be a positive count of CUDA devices present (or CPU processes in the test mode)."""
+    if num_processes < 1:
+        return [Problem(f"--num-processes must be at least 1, not {num_processes}", code="bad_num_processes",
+                        hint="use 1 for a single GPU or CPU, N for N GPUs")]
+    if num_processes == 1 or os.environ.get(ALLOW_CPU_ENV) == "1":
+        return []
+    found = cuda_device_count()
+    if found >= num_processes:
+        return []
+    return [Problem(
+        f"--num-processes {num_processes} needs {num_processes} CUDA GPUs, but this machine has {found}",
+        code="not_enough_gpus",
+        hint=f"use --num-processes {max(found, 1)}"
+        + (f" (or set {ALLOW_CPU_ENV}=1 to run several CPU processes, for testing only)" if found == 0 else ""),
+    )]
+
+
+# --- the worker side --------------------------------------------------------------------------
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now (for the launched processes' rendezvous)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def launch_argv(job_dir: Path, *, num_processes: int, mixed_precision: str, port: int, resume: bool = False,
+                python: str | None = None) -> list[str]:
+    """The `accelerate launch` command (an argument list, never a shell string) for one job.
+
+    `--multi_gpu` starts one process per device through torch's elastic launcher; on a machine without CUDA
+    the same launcher starts CPU processes that talk over gloo (accelerate's `--cpu` would start only one).
+    """
+    if mixed_precision not in ("no", "fp16", "bf16"):
+        raise BackendError(f"unknown mixed precision {mixed_precision!r}", hint="use no, fp16 or bf16",
+                           diagnosis="bad_mixed_precision")
+    argv = [python or sys.executable, "-m", "accelerate.commands.launch",
+            "--multi_gpu", "--num_processes", str(num_processes), "--num_machines", "1",
+            "--mixed_precision", mixed_precision, "--dynamo_backend", "no",
+            "--main_process_ip", "127.0.0.1", "--main_process_port", str(port),
+            "-m", LAUNCH_MODULE, "--job-dir", str(job_dir)]
+    if resume:
+        argv.append("--resume")
+    return argv
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _wait(proc: subprocess.Popen, timeout_s: float) -> bool:
+    try:
+        proc.wait(timeout=timeout_s)
+        return True
+    except subprocess.TimeoutExpired:
+        return False
+
+
+def run_launched(backend: Any, job: Any, *, num_processes: int, resume: bool = False,
+                 stop: threading.Event | None = None, grace_s: float = 30.0, poll_s: float = 0.2,
+                 python: str | None = None) -> Path:
+    """Train `job` in `num_processes` launched processes; returns the final LoRA or raises BackendError."""
+    import torch
+
+    try:  # the worker's own checks; the launched processes check again
+        backend.check_preflight(job)
+    except BackendError as exc:
+        job.append_event(ErrorEvent(diagnosis=exc.diagnosis, message=exc.message, hint=exc.hint))
+        raise
+    work = job.work_dir
+    spec = LaunchSpec(
+        settings=backend.settings.model_dump(mode="json") if hasattr(backend.settings, "model_dump") else None,
+        source=backend.source, device=backend.device, export_format=backend.export_format,
+        progress_interval_s=backend.progress_interval_s,
+    )
+    atomic_write_json(work / SPEC_FILE, spec.model_dump(mode="json"))
+    for stale in (RESULT_FILE, STOP_FILE):
+        (work / stale).unlink(missing_ok=True)
+    precision = job.plan.hyper.mixed_precision if torch.cuda.is_available() else "no"
+    argv = launch_argv(job.dir, num_processes=num_processes, mixed_precision=precision, port=free_port(),
+                       resume=resume, python=python)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    with open(job.logs_dir / LOG_FILE, "ab") as log:
+        proc = subprocess.Popen(  # noqa: S603 - argument list; our own interpreter and modules
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=str(job.dir),
+            start_new_session=True,  # its own group: a stop reaches the launcher and every rank, nothing else
+            env=env, close_fds=True,
+        )
+    job.set_state("running", child_pid=proc.pid, child_pgid=proc.pid)
+    stopped = False
+    try:
+        while proc.poll() is None:
+            if stop is not None and stop.is_set():
+                stopped = True
+                _stop_child(proc, work / STOP_FILE, grace_s=grace_s)
+                break
+            time.sleep(poll_s)
+    finally:
+        if proc.poll() is None:  # an exception in this loop (or KeyboardInterrupt) must not leave ranks behind
+            _signal_group(proc.pid, signal.SIGKILL)
+            _wait(proc, 10.0)
+        job.set_state("running", child_pid=None, child_pgid=None)
+    return _outcome(job, proc.returncode, stopped=stopped)
+
+
+def _stop_child(proc: subprocess.Popen, stop_file: Path, *, grace_s: float) -> None:
+    """Ask the ranks to stop after their current step; TERM, then KILL the group if they do not."""
+    stop_file.write_text("stop\n", encoding="utf-8")
+    if _wait(proc, grace_s):
+        return
+    _signal_group(proc.pid, signal.SIGTERM)
+    if _wait(proc, max(grace_s / 2, 1.0)):
+        return
+    _signal_group(proc.pid, signal.SIGKILL)
+    _wait(proc, 10.0)
+
+
+def _outcome(job: Any, returncode: int | None, *, stopped: bool) -> Path:
+    result_path = job.work_dir / RESULT_FILE
+    result: dict[str, Any] | None = None
+    if result_path.is_file():
+        try:
+            result = json.loads(result_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            result = None
+    if result and result.get("status") == "done":
+        return Path(result["path"])
+    if result and result.get("status") == "failed":
+        raise BackendError(result.get("message") or "native training failed", hint=result.get("hint"),
+                           diagnosis=result.get("diagnosis") or "native_crash")
+    if stopped or (result and result.get("status") == "cancelled"):
+        raise BackendError("training was stopped", hint="resume the job to continue from its last saved state",
+                           diagnosis="cancelled")
+    err = BackendError(
+        f"the launched training processes exited with code {returncode} without reporting a result",
+        hint=f"see {job.logs_dir / LOG_FILE} for what they printed; resume the job to continue from its last saved state",
+        diagnosis="native_crash",
+    )
+    job.append_event(ErrorEvent(diagnosis=err.diagnosis, message=err.message, hint=err.hint))
+    raise err
+
+
+# --- inside each launched process --------------------------------------------------------------
+class _StopFile(threading.Event):
+    """Set by a signal or when the worker's stop file appears (checked by the loop between steps)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+
+    def is_set(self) -> bool:
+        return super().is_set() or self.path.exists()
+
+
+class _RankJob:
+    """The job as a non-main rank sees it: readable, but its events are the main rank's to write."""
+
+    def __init__(self, job: Any) -> None:
+        self._job = job
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._job, name)
+
+    def append_event(self, event: Any) -> None:
+        return None
+
+    def set_state(self, *_args: Any, **_info: Any) -> None:
+        return None
+
+
+def _die_with_parent(poll_s: float = 0.5) -> None:
+    """Exit when the launcher dies: torch's launcher puts each rank in its own session, so a SIGKILL to the
+    launcher's group (the last step of a cancel) would otherwise leave ranks blocked in a collective forever."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(3)
+
+    threading.Thread(target=watch, name="die-with-launcher", daemon=True).start()
+
+
+def _write_result(job: Any, **result: Any) -> None:
+    atomic_write_json(job.work_dir / RESULT_FILE, result)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=f"python -m {LAUNCH_MODULE}", description="one process of a native training job")
+    parser.add_argument("--job-dir", required=True, type=Path)
+    parser.add_argument("--resume", action="store_true")
+    args = parser.parse_args(argv)
+
+    import torch
+    from accelerate import PartialState
+
+    from ..jobs import JobStore
+    from .backend import NativeBackend
+
+    _die_with_parent()
+    job_dir = args.job_dir.resolve()
+    job = JobStore(job_dir.parent).get(job_dir.name)
+    spec = LaunchSpec.model_validate(json.loads((job.work_dir / SPEC_FILE).read_text(encoding="utf-8")))
+    settings = None
+    if spec.settings is not None:
+        from ..settings import Settings
+
+        settings = Settings.model_validate(spec.settings)
+    state = PartialState(cpu=not torch.cuda.is_available())
+    main_rank = state.is_main_process
+    stop = _StopFile(job.work_dir / STOP_FILE)
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    backend = NativeBackend(settings, source=spec.source, device=spec.device, export_format=spec.export_format,
+                            progress_interval_s=spec.progress_interval_s)
+    try:
+        path = backend.run(job if main_rank else _RankJob(job), resume=args.resume, stop=stop)
+    except BackendError as exc:
+        if not main_rank:
+            print(f"rank {state.process_index}: {exc.message}", file=sys.stderr, flush=True)
+            return 1
+        if exc.diagnosis == "cancelled":
+            _write_result(job, status="cancelled", message=exc.message)
+            return 0
+        _write_result(job, status="failed", message=exc.message, hint=exc.hint, diagnosis=exc.diagnosis)
+        return 1
+    if main_rank:
+        _write_result(job, status="done", path=str(path))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
