@@ -21,6 +21,7 @@ CHILD_CALLS = BOUNDED_CALLS | {"subprocess.Popen", "asyncio.create_subprocess_ex
 LONG_RUNNING = {
     "train/runner.py": "the training worker; `cancel JOB` signals its process group (runner.cancel)",
     "train/kohya/backend.py": "sd-scripts; KohyaBackend._stop_when sends SIGINT, SIGTERM, then SIGKILL to its group",
+    "train/native/launch.py": "accelerate launch for several processes; run_launched writes the stop file, then TERM/KILL to its group",
 }
 
 
