@@ -20,16 +20,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from devserver_lora.graph_check import validate_graph  # noqa: E402
-from devserver_lora.lora_spec import LoraSpec  # noqa: E402
-from devserver_lora.workflow import inject_loras  # noqa: E402
+from devserver_lora.config.chunks import sd35_workflow  # noqa: E402
+from devserver_lora.graph.check import validate_graph  # noqa: E402
+from devserver_lora.graph.inject import inject_loras  # noqa: E402
+from devserver_lora.lora.spec import LoraSpec  # noqa: E402
 
-SHARED = ROOT.parent / "shared"
+FIXTURES = ROOT / "tests" / "fixtures"
 TARGET = 3.0
 
 
 def _object_info(lora_names: list[str]) -> dict:
-    info = json.loads((SHARED / "fixtures/comfyui/object_info.json").read_text(encoding="utf-8"))
+    info = json.loads((FIXTURES / "comfyui/object_info.json").read_text(encoding="utf-8"))
     for cls in ("LoraLoader", "LoraLoaderModelOnly"):
         info[cls]["input"]["required"]["lora_name"][0] += lora_names
     info["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0].append("OfficialStableDiffusion/sd3.5_large.safetensors")
@@ -39,7 +40,7 @@ def _object_info(lora_names: list[str]) -> dict:
 
 
 def _sd35_chunk() -> dict:
-    return json.loads((SHARED / "devserver_samples/output_image_sd35_large.json").read_text(encoding="utf-8"))["workflow"]
+    return sd35_workflow("dual")
 
 
 def _big_graph(nodes: int = 500) -> dict:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-FIXTURES = ROOT.parent / "shared" / "fixtures" / "kohya"
+FIXTURES = ROOT / "tests" / "fixtures" / "kohya"
 
 
 def _setup(tmp: Path, steps: int):

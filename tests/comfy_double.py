@@ -1,6 +1,6 @@
 """A faithful test double of ComfyUI v0.3.75 (aiohttp on 127.0.0.1), built from the recorded traffic.
 
-What it reproduces (checked against ../shared/fixtures/comfyui by tests/test_comfy_double.py):
+What it reproduces (checked against tests/fixtures/comfyui by tests/test_comfy_double.py):
 - POST /prompt: the exact 200 body; the exact 400 bodies for no prompt, unknown class, no outputs, a missing
   required input, a value not in a combo list (the missing-LoRA case), a number above max, a link type mismatch.
 - Execution order: ComfyUI's own topological dissolve with its "output first" pick, so the node order matches.

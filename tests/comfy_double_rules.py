@@ -1,6 +1,6 @@
 """ComfyUI's rules and recorded data for the test double (tests/comfy_double.py): no server here.
 
-The fixtures it replays (../shared/fixtures/comfyui), the fault switches, and pure functions that reproduce
+The fixtures it replays (tests/fixtures/comfyui), the fault switches, and pure functions that reproduce
 what ComfyUI v0.3.75 decides: the 400 bodies of POST /prompt validation, the execution order
 (its ExecutionList "output first" dissolve), per-node cache keys, and the PNG SaveImage writes.
 """
@@ -18,7 +18,7 @@ from typing import Any
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "comfyui"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "comfyui"
 STATUS_EXAMPLE = json.loads((FIXTURES / "system_stats.json").read_text())
 ERROR_HISTORY = json.loads((FIXTURES / "history_error.json").read_text())
 RECORDED_TRACEBACK = next(iter(ERROR_HISTORY.values()))["status"]["messages"][2][1]["traceback"]

@@ -28,7 +28,7 @@ import pytest
 from comfyui_setup import TINY_CHECKPOINT_NAME, comfy_main, install_dir, is_ready, tiny_checkpoint_path, venv_python
 
 # Same place as conftest.COMFY_FIXTURES (not imported: conftest imports this module).
-COMFY_FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "comfyui"
+COMFY_FIXTURES = Path(__file__).resolve().parent / "fixtures" / "comfyui"
 START_TIMEOUT = 120.0  # /system_stats answers after 6-10 s here; a loaded CI machine gets headroom
 STOP_TIMEOUT = 15.0
 SETUP_COMMAND = ".venv/bin/python tests/comfyui_setup.py"

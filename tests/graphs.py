@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from conftest import SAMPLES
+from devserver_lora.config.chunks import sd35_workflow
 
 
 def sd35_chunk_workflow() -> dict[str, Any]:
-    """The real DevServer SD3.5 Large chunk's workflow (dangling TripleCLIPLoader "7" included)."""
-    return json.loads((SAMPLES / "output_image_sd35_large.json").read_text(encoding="utf-8"))["workflow"]
+    """DevServer's SD3.5 Large chunk graph as the project writes it (dangling TripleCLIPLoader "7" included)."""
+    return sd35_workflow("dual")
 
 
 def _sampler(model: list, pos: list, neg: list, latent: list, **kw: Any) -> dict[str, Any]:

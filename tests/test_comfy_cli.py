@@ -94,3 +94,42 @@ def test_generate_through_a_real_comfyui(comfyui_server: ComfyServer, tmp_path: 
     assert len(list((tmp_path / "out").glob("*.png"))) == 1
     assert "adire, indigo cloth" in captured.out
     assert "lora key not loaded" not in comfyui_server.console_log(since=mark)
+
+
+def test_set_takes_devserver_names_and_refuses_what_fills_nothing(sd35_double: ComfyDouble, tmp_path: Path,
+                                                                   capsys) -> None:
+    base = ["generate", "--config", "sd35_large_yoruba", "--prompt", "p", "--out", str(tmp_path), "--json"]
+    assert main([*base, "--server", sd35_double.url, "--set", "WIDTH=64", "--set", "HEIGHT=64", "--set", "steps=2",
+                 "--save-graph"]) == 0
+    graph = json.loads(Path(json.loads(capsys.readouterr().out)["graph"]).read_text())
+    assert (graph["3"]["inputs"]["width"], graph["8"]["inputs"]["steps"]) == (64, 2)
+    refused = ["generate", "--config", "sd35_large_yoruba", "--prompt", "p", "--out", str(tmp_path / "refused")]
+    assert main([*refused, "--server", sd35_double.url, "--set", "WIDHT=64"]) == 1
+    text = " ".join(capsys.readouterr().err.split())
+    assert "nothing to fill with WIDHT" in text and "WIDTH" in text and "->" in text
+    assert not (tmp_path / "refused").exists()  # refused before anything was rendered
+
+
+def test_generate_says_once_when_the_fit_check_cannot_run(sd35_double: ComfyDouble, tmp_path: Path, capsys) -> None:
+    args = ["generate", "--config", "sd35_large_yoruba", "--prompt", "p", "--server", sd35_double.url,
+            "--out", str(tmp_path), *SMALL]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert err.count("fit check did not run") == 1 and "--loras-dir" in err
+
+
+def test_generate_refuses_a_lora_of_the_wrong_width(sd35_double: ComfyDouble, tmp_path: Path, capsys) -> None:
+    """The recorded tiny LoRA has every key name of SD3.5 Large but is 128 wide: inspect-lora refuses it, so must
+    generate's pre-check (before this fix it compared names only and submitted it)."""
+    from conftest import COMFY_FIXTURES
+
+    loras = tmp_path / "loras"
+    loras.mkdir()
+    shutil.copyfile(COMFY_FIXTURES / "loras" / "tiny_sd3_kohya.safetensors", loras / "yorubaheritage_sd35.safetensors")
+    code = main(["generate", "--config", "sd35_large_yoruba", "--prompt", "p", "--server", sd35_double.url,
+                 "--out", str(tmp_path / "out"), "--loras-dir", str(loras), *SMALL])
+    err = " ".join(capsys.readouterr().err.split())  # the console wraps long lines
+    assert code == 1 and "128 wide but sd35_large_dualclip has 2432" in err
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.png"))
+    assert sd35_double.history == {}  # nothing was submitted
+    assert main(["inspect-lora", str(loras / "yorubaheritage_sd35.safetensors"), "--against", "sd35_large"]) == 1

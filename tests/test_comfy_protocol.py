@@ -131,3 +131,13 @@ def test_history_entries() -> None:
     assert parse_history("x", json.loads((COMFY_FIXTURES / "history_unknown_id.json").read_text())) is None
     with pytest.raises(ComfyProtocolError):
         parse_history("x", [])
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in COMFY_FIXTURES.glob("post_prompt_400_*.json")))
+def test_every_recorded_refusal_says_what_to_do(name: str) -> None:
+    recorded = json.loads((COMFY_FIXTURES / name).read_text())
+    with pytest.raises(ComfyValidationError) as info:
+        parse_submit_response(recorded["http_status"], json.dumps(recorded["response"]))
+    assert info.value.hint and "\n  -> " in str(info.value)
+    if "missing_lora" in name:
+        assert "devserver_lora.train install" in info.value.hint  # a command that exists

@@ -6,36 +6,34 @@ Setup once: `.venv/bin/python tests/comfyui_setup.py` (skips without it locally;
 from __future__ import annotations
 
 import asyncio
-import copy
 import io
 import json
 
 import pytest
 from comfyui_harness import ComfyServer
-from conftest import SAMPLES
 from PIL import Image
 
 from devserver_lora.comfy import ComfyClient, ComfySync, Timeouts
 from devserver_lora.comfy import events as ev
+from devserver_lora.config.chunks import sd35_workflow
 from devserver_lora.errors import ComfyInterrupted, ComfyValidationError, LoraFileError
-from devserver_lora.lora_spec import LoraSpec
-from devserver_lora.workflow import inject_loras
+from devserver_lora.graph.inject import inject_loras
+from devserver_lora.lora.spec import LoraSpec
 
 pytestmark = pytest.mark.comfyui
 
 TIMEOUTS = Timeouts(overall=120, idle=60, connect=5, http=30)
-TINY_ARCH = "sd3:2:te=clip_l"  # devserver_lora.loras spec of the tiny checkpoint (depth 2, CLIP-L only)
+TINY_ARCH = "sd3:2:te=clip_l"  # devserver_lora.lora.fit spec of the tiny checkpoint (depth 2, CLIP-L only)
 
 
 def tiny_sd35_graph(checkpoint: str, *, seed: int = 1, steps: int = 3, prompt: str = "a yoruba adire cloth") -> dict:
-    """The real DevServer SD3.5 Large chunk, scaled down: 64x64, few steps, the tiny checkpoint.
+    """DevServer's SD3.5 Large chunk graph (as `config.chunks` writes it), scaled down: 64x64, few steps, the tiny checkpoint.
 
     The tiny checkpoint carries only CLIP-L, so the two text encoders read the checkpoint's CLIP (output 1)
     instead of the DualCLIPLoader (clip_g + t5xxl files we do not have); the loaders stay in the graph,
     dangling, as TripleCLIPLoader already does in the real chunk. The LoRA injector must follow the real edges.
     """
-    chunk = json.loads((SAMPLES / "output_image_sd35_large.json").read_text())
-    wf = copy.deepcopy(chunk["workflow"])
+    wf = sd35_workflow("dual")
     wf["5"]["inputs"]["ckpt_name"] = checkpoint
     wf["1"]["inputs"]["clip"] = ["5", 1]
     wf["6"]["inputs"]["clip"] = ["5", 1]

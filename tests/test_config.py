@@ -7,29 +7,26 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import COMFY_FIXTURES, SAMPLES, SCHEMAS
+from conftest import COMFY_FIXTURES, SCHEMAS, devserver_sample
+from devserver_tree import plain_config, write_devserver_tree
 
-from devserver_lora import lora_spec
-from devserver_lora.config import (
-    OutputConfig,
-    SchemasTree,
-    load_output_chunk,
-    load_output_config,
-    make_lora_output_config,
-    parse_output_config,
-    write_output_config,
-)
+from devserver_lora.config.chunks import sd35_chunk
+from devserver_lora.config.files import load_output_chunk, load_output_config, parse_output_config, write_output_config
+from devserver_lora.config.make import make_lora_output_config
+from devserver_lora.config.models import OutputConfig
+from devserver_lora.config.tree import SchemasTree
 from devserver_lora.errors import ConfigError
-from devserver_lora.lora_spec import LoraSpec
+from devserver_lora.lora import spec as lora_spec
+from devserver_lora.lora.spec import LoraSpec
 
 
 def _sample(name: str) -> dict:
-    return json.loads((SAMPLES / name).read_text(encoding="utf-8"))
+    return json.loads(devserver_sample(name).read_text(encoding="utf-8"))
 
 
 def test_output_config_sample_round_trips_every_field() -> None:
     raw = _sample("sd35_large.json")
-    cfg = load_output_config(SAMPLES / "sd35_large.json")
+    cfg = load_output_config(devserver_sample("sd35_large.json"))
     assert cfg.to_json_dict() == raw
     # Fields DevServer's loader drops but the file carries survive too.
     assert cfg.model_extra["display"]["icon"] == "🎨"
@@ -38,7 +35,7 @@ def test_output_config_sample_round_trips_every_field() -> None:
 
 def test_output_chunk_sample_round_trips_every_field() -> None:
     raw = _sample("output_image_sd35_large.json")
-    chunk = load_output_chunk(SAMPLES / "output_image_sd35_large.json")
+    chunk = load_output_chunk(devserver_sample("output_image_sd35_large.json"))
     assert chunk.to_json_dict() == raw
     assert chunk.backend_type == "comfyui"
     assert [t.node_id for t in chunk.mapping_targets("prompt")] == ["10"]
@@ -46,7 +43,7 @@ def test_output_chunk_sample_round_trips_every_field() -> None:
 
 
 def test_input_mappings_list_form() -> None:
-    raw = _sample("output_image_sd35_large.json")
+    raw = sd35_chunk("output_image_sd35_large")
     raw["input_mappings"]["prompt"] = [
         {"node_id": "10", "field": "inputs.value"},
         {"node_id": "11", "field": "inputs.value", "default": ""},
@@ -57,7 +54,7 @@ def test_input_mappings_list_form() -> None:
 
 
 def load_output_chunk_from(raw: dict):
-    from devserver_lora.config import parse_output_chunk
+    from devserver_lora.config.files import parse_output_chunk
 
     return parse_output_chunk(raw)
 
@@ -81,10 +78,7 @@ def test_shipped_yoruba_config_has_every_devserver_field() -> None:
 
 
 def _base_config() -> dict:
-    raw = _sample("sd35_large.json")
-    raw["parameters"]["OUTPUT_CHUNK"] = "output_image_sd35_large"
-    raw["meta"]["backend_type"] = "comfyui"
-    return raw
+    return plain_config()
 
 
 def test_three_spellings_normalise_to_the_same_specs() -> None:
@@ -223,17 +217,11 @@ def test_interception_sample_loras_are_valid_specs() -> None:
 
 
 def _tree(tmp_path: Path) -> Path:
-    root = tmp_path / "schemas"
-    (root / "configs/output").mkdir(parents=True)
-    (root / "chunks").mkdir()
-    (root / "pipelines").mkdir()
-    for name in ("output_image_sd35_large.json", "output_image.json"):
-        (root / "chunks" / name).write_text((SAMPLES / name).read_text(encoding="utf-8"), encoding="utf-8")
-    (root / "pipelines/single_text_media_generation.json").write_text(
-        (SAMPLES / "single_text_media_generation.json").read_text(encoding="utf-8"), encoding="utf-8"
-    )
-    for name in ("sd35_large.json",):
-        (root / "configs/output" / name).write_text((SAMPLES / name).read_text(encoding="utf-8"), encoding="utf-8")
+    root = write_devserver_tree(tmp_path / "schemas")
+    # As upstream today: the plain SD3.5 config renders through a Diffusers chunk this tree does not have.
+    upstream = plain_config()
+    upstream["parameters"]["OUTPUT_CHUNK"] = "output_image_sd35_diffusers"
+    (root / "configs/output/sd35_large.json").write_text(json.dumps(upstream), encoding="utf-8")
     (root / "configs/output/sd35_large_yoruba.json").write_text(
         (SCHEMAS / "configs/output/sd35_large_yoruba.json").read_text(encoding="utf-8"), encoding="utf-8"
     )

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from comfyui_harness import ComfyServer
 
-from devserver_lora.lora_keys import ArchSpec
-from devserver_lora.loras import predict_not_loaded
+from devserver_lora.lora.fit import predict_not_loaded
+from devserver_lora.lora.keys import ArchSpec
 from devserver_lora.train.cli import build_parser, main
 
 

@@ -10,15 +10,11 @@ from pathlib import Path
 
 import pytest
 from comfy_double import ComfyDouble
-from conftest import SAMPLES, SCHEMAS
+from conftest import COMFY_FIXTURES, SCHEMAS
 
-from devserver_lora.devserver import (
-    Stage4Runner,
-    apply_input_mappings,
-    install_into_devserver,
-    to_specs,
-    triggers_in,
-)
+from devserver_lora.devserver.hook import install_into_devserver
+from devserver_lora.devserver.injector import to_specs, triggers_in
+from devserver_lora.devserver.stage4 import Stage4Runner, apply_input_mappings
 from devserver_lora.errors import ComfyValidationError, ConfigError, DevserverLoraError, WorkflowError
 
 LORA_TRIGGERS = [{"name": "global_fallback.safetensors", "strength": 1.0}]  # DevServer's global default list
@@ -107,7 +103,7 @@ def _loras_dir(tmp_path: Path, *names: str) -> Path:
     d = tmp_path / "loras"
     d.mkdir()
     for name in names:
-        shutil.copyfile(SAMPLES.parent / "fixtures" / "comfyui" / "loras" / "tiny_sd3_kohya.safetensors", d / name)
+        shutil.copyfile(COMFY_FIXTURES / "loras" / "tiny_sd3_kohya.safetensors", d / name)
     return d
 
 
@@ -160,7 +156,7 @@ def test_install_on_one_instance_only(router_cls) -> None:
 
 
 def test_missing_lora_refused_from_object_info(router_cls) -> None:
-    info = json.loads((SAMPLES.parent / "fixtures" / "comfyui" / "object_info.json").read_text())
+    info = json.loads((COMFY_FIXTURES / "object_info.json").read_text())
     install_into_devserver(router_cls, schemas_dir=SCHEMAS, object_info=info)
     with pytest.raises(ComfyValidationError) as exc:
         router_cls().process_workflow_chunk("x", yoruba_parameters(), chunk())
@@ -178,7 +174,7 @@ def test_bad_lora_items_and_bad_router() -> None:
 
 
 def test_apply_input_mappings_like_devserver() -> None:
-    from devserver_lora.config import parse_output_chunk
+    from devserver_lora.config.files import parse_output_chunk
 
     data = chunk()
     del data["input_mappings"]["negative_prompt"]  # node 11 is the second prompt target here
@@ -270,15 +266,15 @@ def test_installed_injector_refuses_a_lora_that_would_not_load(router_cls, tmp_p
 
     loras = tmp_path / "loras"
     loras.mkdir()
-    bad = SAMPLES.parent / "fixtures" / "comfyui" / "loras" / "tiny_sd3_bad_keys.safetensors"
+    bad = COMFY_FIXTURES / "loras" / "tiny_sd3_bad_keys.safetensors"
     shutil.copyfile(bad, loras / "yorubaheritage_sd35.safetensors")
     install_into_devserver(router_cls, schemas_dir=SCHEMAS, loras_dir=loras, arch="sd3:2:te=clip_l")
-    with pytest.raises(LoraFileError, match="does not fit the model: ComfyUI would skip 10 of its keys"):
+    with pytest.raises(LoraFileError, match="does not fit the model sd3:2:te=clip_g,t5xxl: ComfyUI would skip 10 of its keys"):
         router_cls().process_workflow_chunk("x", yoruba_parameters(), chunk())
 
 
 def test_install_checks_only_lora_configs(router_cls, tmp_path: Path) -> None:
-    from devserver_lora.devserver import check_lora_configs
+    from devserver_lora.devserver.hook import check_lora_configs
 
     schemas = tmp_path / "schemas"
     shutil.copytree(SCHEMAS, schemas)

@@ -11,7 +11,7 @@ from conftest import COMFY_FIXTURES
 from graphs import flux_graph, sd3_with_lora_graph, sd15_graph, sdxl_refiner_graph, wan_graph
 
 from devserver_lora.errors import GraphValidationError, WorkflowError
-from devserver_lora.graph_check import check_graph, comfy_response, load_object_info, validate_graph
+from devserver_lora.graph.check import check_graph, comfy_response, load_object_info, validate_graph
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from devserver_lora import safe_json
 from devserver_lora.cli import main
 from devserver_lora.comfy.protocol import parse_history, parse_json_frame, parse_submit_response
 from devserver_lora.errors import ComfyProtocolError, ConfigError, DatasetError, LoraFileError, TrainingError
-from devserver_lora.loras import inspect_lora
+from devserver_lora.lora.report import inspect_lora
 
 kohya_env = standin_fixtures.kohya_env  # the shared pytest fixture
 
@@ -140,7 +140,7 @@ def test_validate_reports_a_deeply_nested_config_instead_of_crashing(tmp_path: P
     assert main(["validate", str(bad)]) == 1
     captured = capsys.readouterr()
     assert "nests deeper" in captured.out + captured.err
-    from devserver_lora.config import read_json_file
+    from devserver_lora.config.files import read_json_file
 
     with pytest.raises(ConfigError, match="nests deeper"):
         read_json_file(bad)
@@ -171,7 +171,7 @@ def _run_bounded(fn, *args: Any) -> BaseException | None:
 
 
 def test_a_fifo_named_like_a_config_is_refused_not_read(tmp_path: Path) -> None:
-    from devserver_lora.config import read_json_file
+    from devserver_lora.config.files import read_json_file
 
     fifo = tmp_path / "sd35_large_x.json"
     os.mkfifo(fifo)
@@ -188,10 +188,6 @@ def test_a_lora_whose_header_nests_too_deep_is_a_clear_error(tmp_path: Path) -> 
     path.write_bytes(_safetensors(DEEP.encode()))
     with pytest.raises(LoraFileError, match="not valid JSON"):
         inspect_lora(path)
-    from devserver_lora.train.safetensors_meta import read_header
-
-    with pytest.raises(LoraFileError, match="not JSON"):
-        read_header(path)
 
 
 def test_a_lora_whose_trigger_metadata_nests_too_deep_still_inspects(tmp_path: Path) -> None:
@@ -203,7 +199,7 @@ def test_a_lora_whose_trigger_metadata_nests_too_deep_still_inspects(tmp_path: P
 
 
 def test_safetensors_meta_refuses_a_fifo_and_dev_zero(tmp_path: Path) -> None:
-    from devserver_lora.train.safetensors_meta import read_header
+    from devserver_lora.lora.header import read_header
 
     fifo = tmp_path / "fifo.safetensors"
     os.mkfifo(fifo)

@@ -10,9 +10,9 @@ import pytest
 from kohya_standin import fixtures as standin_fixtures
 
 from devserver_lora.errors import BackendError
+from devserver_lora.lora.header import read_header
 from devserver_lora.train.backends import Backend, get_backend
 from devserver_lora.train.kohya.backend import KohyaBackend
-from devserver_lora.train.safetensors_meta import read_header
 
 kohya_env = standin_fixtures.kohya_env  # the shared pytest fixture
 

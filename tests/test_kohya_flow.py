@@ -9,11 +9,11 @@ from kohya_standin import fixtures as standin_fixtures
 from kohya_standin.build import CARD, schemas_tree
 from PIL import Image
 
-from devserver_lora.config import SchemasTree
-from devserver_lora.loras import inspect_lora
+from devserver_lora.config.tree import SchemasTree
+from devserver_lora.config.validate import validate_paths
+from devserver_lora.graph.inject import inject_loras
+from devserver_lora.lora.report import inspect_lora
 from devserver_lora.train.cli import main as train_main
-from devserver_lora.validate import validate_paths
-from devserver_lora.workflow import inject_loras
 
 kohya_env = standin_fixtures.kohya_env  # the shared pytest fixture
 

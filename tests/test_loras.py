@@ -16,17 +16,9 @@ from hypothesis import strategies as st
 from safetensors.numpy import save_file
 
 from devserver_lora.errors import LoraFileError
-from devserver_lora.loras import (
-    ARCHS,
-    TRIGGER_WORDS_KEY,
-    ArchSpec,
-    TensorInfo,
-    describe_lora,
-    fit_problems,
-    inspect_lora,
-    lora_has_text_encoder,
-    predict_not_loaded,
-)
+from devserver_lora.lora.fit import ARCHS, ArchSpec, fit_problems, predict_not_loaded
+from devserver_lora.lora.header import TensorInfo
+from devserver_lora.lora.report import TRIGGER_WORDS_KEY, describe_lora, inspect_lora
 
 LORAS = COMFY_FIXTURES / "loras"
 # The model of the recorded ComfyUI run: depth-2 MMDiT (hidden 128), CLIP-L loaded, no CLIP-G, no T5.
@@ -61,18 +53,23 @@ def test_model_only_loader_drops_every_text_encoder_key() -> None:
 def test_clip_g_lora_on_a_clip_l_only_model() -> None:
     report = inspect_lora(LORAS / "tiny_sd3_bad_keys.safetensors")
     assert report.text_encoders == ["clip_g"]
-    assert fit_problems(report, RECORDED) == ["the LoRA patches clip_g, which sd3_depth2 does not load"]
+    problems = fit_problems(report, RECORDED)
+    assert [p.message for p in problems if p.code == "encoder_not_loaded"] == [
+        "the LoRA patches clip_g, which sd3:2:te=clip_l does not load"
+    ]
+    # The one fit check also lists each key ComfyUI would skip, exactly as predict_not_loaded does.
+    assert [p.message for p in problems if p.code == "key_not_loaded"] == predict_not_loaded(report, RECORDED)
 
 
 def test_reports_of_the_recorded_files() -> None:
     k = inspect_lora(LORAS / "tiny_sd3_kohya.safetensors")
     assert (k.format, k.architecture, k.family, k.depth, k.hidden_size, k.rank) == ("kohya", "sd3", "sd3", 2, 128, 4)
-    assert k.has_alpha and k.text_encoders == ["clip_l"] and lora_has_text_encoder(k) and k.has_unet
+    assert k.has_alpha and k.text_encoders == ["clip_l"] and k.has_text_encoder and k.has_unet
     assert k.tensor_count == len(k.keys) == 75 and k.keys == sorted(k.keys)
     assert k.metadata["ss_network_module"] == "networks.lora_sd3"
     d = inspect_lora(LORAS / "tiny_sd3_diffusers.safetensors")
     assert (d.format, d.architecture, d.depth, d.rank, d.has_alpha) == ("diffusers", "sd3", 2, 4, False)
-    assert not lora_has_text_encoder(d)
+    assert not d.has_text_encoder
     assert any("factor 1.0" in w for w in d.warnings)
     p = inspect_lora(LORAS / "tiny_sd3_peft_base_model.safetensors")
     assert (p.format, p.architecture, p.depth) == ("peft", "sd3", 2)
@@ -82,9 +79,9 @@ def test_reports_of_the_recorded_files() -> None:
 def test_shape_mismatch_with_the_real_model_is_reported() -> None:
     k = inspect_lora(LORAS / "tiny_sd3_kohya.safetensors")
     [problem] = fit_problems(k, "sd35_large")
-    assert "128 wide but sd35_large has 2432" in problem
+    assert problem.code == "wrong_width" and "128 wide but sd35_large has 2432" in problem.message
     assert fit_problems(k, RECORDED) == []
-    assert "not for sdxl" in fit_problems(k, "sdxl")[0]
+    assert "not for sdxl" in fit_problems(k, "sdxl")[0].message
 
 
 def _kohya_listing() -> list[tuple[dict[str, TensorInfo], dict[str, str]]]:
@@ -120,7 +117,7 @@ def test_real_kohya_output_predicts_nothing_against_its_model() -> None:
         assert predict_not_loaded(report, KOHYA_MODEL) == []
         assert report.trigger_words == ["tinyobj"]
     unet_only, with_te = (describe_lora(t, m) for t, m in files)
-    assert unet_only.text_encoders == [] and not lora_has_text_encoder(unet_only)
+    assert unet_only.text_encoders == [] and not unet_only.has_text_encoder
     assert with_te.text_encoders == ["clip_l", "clip_g"]
     # On the recorded ComfyUI model (no attn2, no CLIP-G) the same file would lose those keys.
     lines = predict_not_loaded(with_te, RECORDED)

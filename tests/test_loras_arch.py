@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from devserver_lora.lora_keys import (
+from devserver_lora.lora.keys import (
     _UNETS,
     ARCHS,
     ArchSpec,

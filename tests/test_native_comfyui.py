@@ -15,8 +15,8 @@ from comfyui_setup import comfy_main, install_dir
 from PIL import Image
 
 from devserver_lora.comfy import ComfyClient, Timeouts
-from devserver_lora.lora_keys import ArchSpec
-from devserver_lora.loras import predict_not_loaded
+from devserver_lora.lora.fit import predict_not_loaded
+from devserver_lora.lora.keys import ArchSpec
 from devserver_lora.train.card import load_card
 from devserver_lora.train.jobs import JobStore
 from devserver_lora.train.native import NativeBackend, tiny

@@ -1,5 +1,5 @@
 """LoRA export: peft (diffusers names) -> kohya MMDiT keys with exact q/k/v fusion, checked against diffusers'
-own SAI -> diffusers converter and against ComfyUI's key mapping (devserver_lora.loras.predict_not_loaded)."""
+own SAI -> diffusers converter and against ComfyUI's key mapping (devserver_lora.lora.fit.predict_not_loaded)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import torch
 from safetensors import safe_open
 
 from devserver_lora.errors import BackendError
-from devserver_lora.lora_keys import ArchSpec
-from devserver_lora.loras import predict_not_loaded
+from devserver_lora.lora.fit import predict_not_loaded
+from devserver_lora.lora.keys import ArchSpec
 from devserver_lora.train.native import models
 from devserver_lora.train.native.loop import lora_target_modules
 from devserver_lora.train.native.lora_export import (
@@ -126,7 +126,7 @@ def test_saved_lora_loads_with_zero_comfyui_warnings(lora_model, tmp_path, fmt: 
     pairs = pairs_from_peft(_peft_state(transformer), 2.0)
     tensors = kohya_tensors(to_mmdit_pairs(pairs, 2), torch.float16) if fmt == "kohya" else diffusers_tensors(pairs, torch.float16)
     meta = lora_metadata(
-        output_name="magenta", family="sd35_medium", rank=4, alpha=2.0, resolution=256, steps=10, epochs=1,
+        output_name="magenta", arch="sd35_medium", rank=4, alpha=2.0, resolution=256, steps=10, epochs=1,
         trigger_words=["mgsq"], card={"title": "Magenta squares"}, card_metadata={"devserver_lora.card.title": "Magenta squares"},
     )
     path = save_lora(tensors, meta, tmp_path / "magenta.safetensors")

@@ -14,7 +14,7 @@ from devserver_lora.train import runner
 from devserver_lora.train.backends import get_backend
 from devserver_lora.train.card import load_card
 from devserver_lora.train.jobs import JobStore
-from devserver_lora.train.native import NativeBackend, launch, tiny
+from devserver_lora.train.native import NativeBackend, launch, rank, tiny
 from devserver_lora.train.native.backend import MODEL_FILE
 from devserver_lora.train.native.models import ModelSource
 from devserver_lora.train.plan import make_plan
@@ -142,14 +142,14 @@ def test_outcome_reads_the_main_rank_result_and_explains_a_silent_exit(tmp_path:
 
     job = _job(tmp_path, planted, tiny_model_dir)
     result = job.work_dir / launch.RESULT_FILE
-    launch._write_result(job, status="done", path=str(job.outputs_dir / "magenta.safetensors"))
+    rank._write_result(job, status="done", path=str(job.outputs_dir / "magenta.safetensors"))
     assert launch._outcome(job, 0, stopped=False) == job.outputs_dir / "magenta.safetensors"
-    launch._write_result(job, status="failed", message="the loss became nan at step 3", hint="lower it",
+    rank._write_result(job, status="failed", message="the loss became nan at step 3", hint="lower it",
                          diagnosis="nan_loss")
     with pytest.raises(BackendError, match="nan at step 3") as info:
         launch._outcome(job, 1, stopped=False)
     assert info.value.diagnosis == "nan_loss" and info.value.hint == "lower it"
-    launch._write_result(job, status="cancelled", message="training stopped at step 2 of 6")
+    rank._write_result(job, status="cancelled", message="training stopped at step 2 of 6")
     with pytest.raises(BackendError) as info:
         launch._outcome(job, 0, stopped=True)
     assert info.value.diagnosis == "cancelled"
@@ -166,11 +166,11 @@ def test_outcome_reads_the_main_rank_result_and_explains_a_silent_exit(tmp_path:
 
 def test_rank_side_stop_file_and_read_only_job(tmp_path: Path, planted: Path, tiny_model_dir: Path) -> None:
     job = _job(tmp_path, planted, tiny_model_dir)
-    stop = launch._StopFile(job.work_dir / launch.STOP_FILE)
+    stop = rank._StopFile(job.work_dir / launch.STOP_FILE)
     assert not stop.is_set()
     (job.work_dir / launch.STOP_FILE).write_text("stop\n")
     assert stop.is_set()
-    other = launch._RankJob(job)
+    other = rank._RankJob(job)
     before = len(job.events())
     other.append_event({"type": "log", "message": "from rank 1"})
     other.set_state("failed")

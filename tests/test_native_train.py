@@ -16,11 +16,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import COMFY_FIXTURES
 from safetensors import safe_open
 
 from devserver_lora.errors import BackendError
-from devserver_lora.lora_keys import ArchSpec
-from devserver_lora.loras import predict_not_loaded
+from devserver_lora.lora.fit import predict_not_loaded
+from devserver_lora.lora.keys import ArchSpec
 from devserver_lora.train.card import load_card
 from devserver_lora.train.jobs import JobStore
 from devserver_lora.train.native import NativeBackend, tiny
@@ -205,12 +206,12 @@ def test_killed_run_resumes_where_its_state_was_saved_and_ends_identical(tmp_pat
             assert torch.allclose(a.get_tensor(k).float(), b.get_tensor(k).float(), atol=1e-6), k
 
 
-def test_preflight_explains_unsupported_family_and_missing_or_wrong_models(tmp_path: Path, planted: Path, fixtures_dir: Path) -> None:
+def test_preflight_explains_unsupported_family_and_missing_or_wrong_models(tmp_path: Path, planted: Path) -> None:
     job = _job(tmp_path, planted)
     codes = {p.code for p in NativeBackend(None).preflight(job)}
     assert "model_missing" in codes  # no source, no models_dir
 
-    not_a_model = fixtures_dir / "comfyui" / "loras" / "tiny_sd3_kohya.safetensors"
+    not_a_model = COMFY_FIXTURES / "loras" / "tiny_sd3_kohya.safetensors"
     problems = NativeBackend(None, source=ModelSource(checkpoint=not_a_model)).preflight(job)
     assert [p.code for p in problems] == ["model_not_sd3"]
     assert "model.diffusion_model" in problems[0].message

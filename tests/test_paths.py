@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from devserver_lora.errors import UnsafePathError
-from devserver_lora.lora_spec import LoraSpec
+from devserver_lora.lora.spec import LoraSpec
 from devserver_lora.paths import (
     atomic_write_bytes,
     atomic_write_json,

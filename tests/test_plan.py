@@ -279,6 +279,6 @@ def test_detect_gpu_runs_nvidia_smi_with_arguments(tmp_path, monkeypatch):
 
 
 def test_family_arch_names_exist_in_loras():
-    from devserver_lora.loras import ARCHS
+    from devserver_lora.lora.fit import ARCHS
 
     assert all(f.arch in ARCHS for f in FAMILIES.values())

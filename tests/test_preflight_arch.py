@@ -11,30 +11,31 @@ import pytest
 from conftest import SCHEMAS
 from safetensors.numpy import save_file
 
-from devserver_lora.comfy.preflight import arch_as_wired, check_key_coverage
-from devserver_lora.config import load_output_chunk
-from devserver_lora.devserver import Stage4Runner
+from devserver_lora.comfy.preflight import arch_as_wired, check_fits
+from devserver_lora.config.chunks import sd35_workflow
+from devserver_lora.config.files import load_output_chunk
+from devserver_lora.devserver.stage4 import Stage4Runner
 from devserver_lora.errors import LoraFileError
-from devserver_lora.lora_spec import LoraSpec
-from devserver_lora.loras import resolve_arch
-from devserver_lora.workflow import inject_loras
+from devserver_lora.graph.inject import inject_loras
+from devserver_lora.lora.fit import resolve_arch
+from devserver_lora.lora.spec import LoraSpec
 
-DUAL = load_output_chunk(SCHEMAS / "chunks" / "output_image_sd35_large.json").workflow
+DUAL = sd35_workflow("dual")
 TRIPLE = load_output_chunk(SCHEMAS / "chunks" / "output_image_sd35_large_triple_clip.json").workflow
 
 
-def _lora(path: Path, *, te: bool, unet_prefix: str = "lora_unet_joint_blocks_0_x_block_attn_qkv") -> Path:
+def _lora(path: Path, *, te: bool, unet_prefix: str = "lora_unet_joint_blocks_0_x_block_attn_qkv",
+          width: int = 128) -> Path:
+    """A zero LoRA shaped as ComfyUI's weights are: `width` = the MMDiT's hidden size (64 x depth)."""
     f16 = np.float16
-    modules = [unet_prefix]
+    modules = {unet_prefix: (width, 3 * width)}
     if te:
-        modules += [
-            "lora_te1_text_model_encoder_layers_0_self_attn_q_proj",
-            "lora_te2_text_model_encoder_layers_0_self_attn_q_proj",
-        ]
+        modules["lora_te1_text_model_encoder_layers_0_self_attn_q_proj"] = (768, 768)
+        modules["lora_te2_text_model_encoder_layers_0_self_attn_q_proj"] = (1280, 1280)
     tensors = {}
-    for m in modules:
-        tensors[f"{m}.lora_down.weight"] = np.zeros((4, 8), dtype=f16)
-        tensors[f"{m}.lora_up.weight"] = np.zeros((8, 4), dtype=f16)
+    for m, (fan_in, fan_out) in modules.items():
+        tensors[f"{m}.lora_down.weight"] = np.zeros((4, fan_in), dtype=f16)
+        tensors[f"{m}.lora_up.weight"] = np.zeros((fan_out, 4), dtype=f16)
         tensors[f"{m}.alpha"] = np.array(4.0, dtype=f16)
     save_file(tensors, str(path))
     return path
@@ -58,13 +59,13 @@ def test_text_encoder_lora_on_the_dual_clip_chunk_is_refused(tmp_path: Path) -> 
     _lora(tmp_path / "te.safetensors", te=True)
     graph, _ = _injected(DUAL, "te.safetensors")
     with pytest.raises(LoraFileError) as info:
-        check_key_coverage(graph, tmp_path, "sd3:2")
+        check_fits(graph, tmp_path, "sd3:2")
     text = str(info.value)
     assert "lora_te1_text_model_encoder_layers_0_self_attn_q_proj" in text
     assert "lora_te2_text_model_encoder_layers_0_self_attn_q_proj" in text
     # With all three encoders loaded, every key lands.
     graph, _ = _injected(TRIPLE, "te.safetensors")
-    check_key_coverage(graph, tmp_path, "sd3:2")
+    check_fits(graph, tmp_path, "sd3:2")
 
 
 def test_stage4_checks_keys_against_the_configs_base_model(tmp_path: Path) -> None:
@@ -79,7 +80,7 @@ def test_stage4_checks_keys_against_the_configs_base_model(tmp_path: Path) -> No
     with pytest.raises(LoraFileError, match="does not fit the model"):
         runner.prepare("sd35_large_yoruba", "a market")
     # An MMDiT LoRA fits: nothing is raised and the graph is ready to submit.
-    _lora(loras / "mmdit.safetensors", te=False)
+    _lora(loras / "mmdit.safetensors", te=False, width=2432)
     (loras / "yorubaheritage_sd35.safetensors").unlink()
     (loras / "mmdit.safetensors").rename(loras / "yorubaheritage_sd35.safetensors")
     graph, *_ = runner.prepare("sd35_large_yoruba", "a market")

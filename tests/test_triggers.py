@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from devserver_lora.triggers import contains_trigger, merge_triggers
+from devserver_lora.lora.triggers import contains_trigger, merge_triggers
 
 
 def test_prefix_by_default_and_suffix_on_request() -> None:

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from conftest import SAMPLES, SCHEMAS
+from conftest import SCHEMAS, devserver_sample
 
 from devserver_lora.cli import build_parser, main
-from devserver_lora.validate import export_json_schemas, validate_paths
+from devserver_lora.config.chunks import sd35_chunk
+from devserver_lora.config.validate import export_json_schemas, validate_paths
 
 YORUBA = SCHEMAS / "configs/output/sd35_large_yoruba.json"
 
@@ -39,8 +40,7 @@ def test_json_schema_alone_accepts_real_files_and_rejects_hostile_names() -> Non
     schemas = export_json_schemas()
     config_schema, chunk_schema = schemas["output_config"], schemas["output_chunk"]
     jsonschema.validate(_yoruba(), config_schema)
-    jsonschema.validate(json.loads((SAMPLES / "sd35_large.json").read_text()), config_schema)
-    jsonschema.validate(json.loads((SAMPLES / "output_image_sd35_large.json").read_text()), chunk_schema)
+    jsonschema.validate(sd35_chunk("output_image_sd35_large"), chunk_schema)
     as_list = _yoruba() | {"lora": [_yoruba()["lora"]]}
     jsonschema.validate(as_list, config_schema)
     for bad in ("../x.safetensors", "/abs.safetensors", "a\\b.safetensors", "x.ckpt", "a//b.safetensors"):
@@ -50,8 +50,21 @@ def test_json_schema_alone_accepts_real_files_and_rejects_hostile_names() -> Non
             jsonschema.validate(data, config_schema)
 
 
+def _real_devserver_files() -> list[Path]:
+    names = ("sd35_large.json", "output_image_sd35_large.json", "output_image.json",
+             "single_text_media_generation.json", "cooked_negatives.json")
+    return [devserver_sample(name) for name in names]
+
+
+def test_json_schema_accepts_devserver_real_files() -> None:
+    schemas = export_json_schemas()
+    jsonschema.validate(json.loads(devserver_sample("sd35_large.json").read_text()), schemas["output_config"])
+    chunk = json.loads(devserver_sample("output_image_sd35_large.json").read_text())
+    jsonschema.validate(chunk, schemas["output_chunk"])
+
+
 def test_samples_and_shipped_files_pass() -> None:
-    problems = validate_paths([SAMPLES, SCHEMAS])
+    problems = validate_paths([*_real_devserver_files(), SCHEMAS])
     assert [p for p in problems if p.severity == "error"] == []
     # The upstream sd35_large points at a Diffusers chunk we do not have: a warning, not an error.
     assert [(Path(p.file).name, p.code) for p in problems] == [("sd35_large.json", "chunk_not_found")]
@@ -76,8 +89,7 @@ def test_broken_copies_are_rejected_precisely(tmp_path: Path) -> None:
     diffusers = _yoruba()
     diffusers["parameters"]["OUTPUT_CHUNK"] = "output_image_sd35_diffusers"
     _write(bad, "sd35_large_diffusers_lora.json", diffusers)
-    chunk = json.loads((SAMPLES / "output_image_sd35_large.json").read_text())
-    chunk |= {"name": "output_image_sd35_diffusers", "backend_type": "diffusers"}
+    chunk = sd35_chunk("output_image_sd35_diffusers") | {"backend_type": "diffusers"}
     _write(bad, "output_image_sd35_diffusers.json", chunk)
 
     _write(bad, "sd35_large_faces.json", _yoruba())
@@ -100,11 +112,13 @@ def test_broken_copies_are_rejected_precisely(tmp_path: Path) -> None:
 
 
 def test_chunk_mapping_to_missing_node_and_bad_interception_lora(tmp_path: Path) -> None:
-    chunk = json.loads((SAMPLES / "output_image_sd35_large.json").read_text())
+    chunk = sd35_chunk("output_image_sd35_large")
     chunk["input_mappings"]["seed"]["node_id"] = "99"
     _write(tmp_path / "chunks", "output_image_sd35_large.json", chunk)
-    interception = json.loads((SAMPLES / "cooked_negatives.json").read_text())
-    interception["meta"]["loras"][0]["strength"] = "very"
+    # An interception config declares its LoRAs as meta.loras [{name, strength}] (DESIGN.md section 1).
+    interception = {"name": {"en": "Cooked negatives"}, "meta": {"stage": "interception",
+                                                                 "loras": [{"name": "cooked.safetensors",
+                                                                            "strength": "very"}]}}
     _write(tmp_path / "configs/interception", "cooked_negatives.json", interception)
     codes = _codes(validate_paths([tmp_path]))
     assert ("output_image_sd35_large.json", "$.input_mappings.seed.node_id", "invalid") in codes
@@ -118,7 +132,7 @@ def test_lora_config_without_its_chunk_is_an_error(tmp_path: Path) -> None:
 
 
 def test_cli_validate_exit_codes_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["validate", str(SAMPLES), str(SCHEMAS)]) == 0
+    assert main(["validate", str(SCHEMAS)]) == 0
     capsys.readouterr()
     _write(tmp_path, "sd35_large_faces.json", _yoruba())
     assert main(["validate", str(tmp_path), str(SCHEMAS), "--json"]) == 1

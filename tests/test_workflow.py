@@ -18,10 +18,10 @@ from graphs import (
 )
 
 from devserver_lora.errors import WorkflowError
-from devserver_lora.graph import derive_node_types, is_link, iter_links
-from devserver_lora.graph_check import check_graph, validate_graph
-from devserver_lora.lora_spec import LoraSpec
-from devserver_lora.workflow import clip_text_encoders, find_model_sources, inject_loras
+from devserver_lora.graph.api import derive_node_types, is_link, iter_links
+from devserver_lora.graph.check import check_graph, validate_graph
+from devserver_lora.graph.inject import clip_text_encoders, find_model_sources, inject_loras
+from devserver_lora.lora.spec import LoraSpec
 
 YORUBA = LoraSpec(name="yorubaheritage_sd35.safetensors", strength_model=0.85, strength_clip=0.85)
 
@@ -299,9 +299,9 @@ def test_find_model_sources_reports_existing_chain() -> None:
 def test_shipped_node_type_table_matches_recorded_object_info(object_info: dict) -> None:
     from importlib import resources
 
-    shipped = json.loads(resources.files("devserver_lora.data").joinpath("node_types.json").read_text(encoding="utf-8"))
+    shipped = json.loads(resources.files("devserver_lora.graph").joinpath("node_types.json").read_text(encoding="utf-8"))
     assert shipped == derive_node_types(object_info), (
-        "devserver_lora/data/node_types.json is stale: run `python -m devserver_lora.graph`"
+        "devserver_lora/graph/node_types.json is stale: run `python -m devserver_lora.graph.api`"
     )
 
 

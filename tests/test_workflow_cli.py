@@ -12,7 +12,7 @@ from conftest import COMFY_FIXTURES, SCHEMAS
 from safetensors.numpy import save_file
 
 from devserver_lora.cli import main
-from devserver_lora.loras import TRIGGER_WORDS_KEY
+from devserver_lora.lora.report import TRIGGER_WORDS_KEY
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:

@@ -13,10 +13,10 @@ from conftest import COMFY_FIXTURES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from devserver_lora.graph import default_node_types, iter_links
-from devserver_lora.graph_check import load_object_info, validate_graph
-from devserver_lora.lora_spec import LoraSpec
-from devserver_lora.workflow import find_model_sources, inject_loras
+from devserver_lora.graph.api import default_node_types, iter_links
+from devserver_lora.graph.check import load_object_info, validate_graph
+from devserver_lora.graph.inject import find_model_sources, inject_loras
+from devserver_lora.lora.spec import LoraSpec
 
 TYPES = default_node_types()
 OBJECT_INFO = load_object_info(COMFY_FIXTURES / "object_info.json")

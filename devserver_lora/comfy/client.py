@@ -28,7 +28,7 @@ from .. import safe_json
 from ..errors import ComfyError, ComfyProtocolError, ComfyTimeout, ComfyUnreachable
 from . import events as ev
 from .hub import WsHub, WsLost
-from .preflight import check_installed, check_key_coverage, lora_names_in
+from .preflight import check_fits, check_installed, lora_names_in
 from .protocol import (
     HistoryEntry,
     ImageRef,
@@ -241,7 +241,7 @@ class ComfyClient:
             return
         check_installed(workflow, await self.loras())
         if loras_dir is not None and arch is not None:
-            check_key_coverage(workflow, loras_dir, arch)
+            check_fits(workflow, loras_dir, arch)
 
     # --- one run, start to images -----------------------------------------------------------------------------
 

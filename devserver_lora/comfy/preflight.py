@@ -2,21 +2,20 @@
 
 ComfyUI refuses a missing LoRA with a 400 we can parse, but a LoRA whose keys do not match the model is accepted
 and only LOGGED ("lora key not loaded"); the student gets an image without the LoRA's effect and no error. So we
-predict those lines from the file's keys before submitting (`devserver_lora.loras.predict_not_loaded`).
+run the one fit check (`devserver_lora.lora.fit`) on every LoRA of the graph before submitting.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import ComfyValidationError, DevserverLoraError, LoraFileError
+from ..errors import ComfyProtocolError, ComfyValidationError
+from ..graph.inject import clip_text_encoders
+from ..lora.fit import ArchSpec, check_fit, resolve_arch
 from ..paths import safe_join
-
-log = logging.getLogger(__name__)
 
 
 def lora_nodes_in(workflow: Mapping[str, Any]) -> list[tuple[str, str, str]]:
@@ -62,7 +61,8 @@ def missing_lora_error(missing: list[tuple[str, str, str]], installed: list[str]
     }
     return ComfyValidationError(
         "the graph needs LoRAs this ComfyUI does not have:\n  " + "\n  ".join(lines),
-        hint="copy the LoRA into ComfyUI's models/loras folder (devserver-lora install), or fix the output config",
+        hint="copy the .safetensors file into ComfyUI's models/loras folder (a trained job: "
+        "`.venv/bin/python -m devserver_lora.train install JOB --loras-dir DIR`), or fix the LoRA name in the config",
         error={"type": "lora_not_installed", "message": "LoRA not installed"},
         node_errors=node_errors,
     )
@@ -77,47 +77,45 @@ def check_installed(workflow: Mapping[str, Any], installed: list[str]) -> None:
         raise missing_lora_error(missing, installed)
 
 
-def arch_as_wired(workflow: Mapping[str, Any], node_id: str, base: Any) -> Any:
+def installed_from_object_info(object_info: Mapping[str, Any]) -> list[str]:
+    """The LoRA names a server's object_info offers (LoraLoader's `lora_name` choices)."""
+    try:
+        names = object_info["LoraLoader"]["input"]["required"]["lora_name"][0]
+    except (KeyError, IndexError, TypeError):
+        names = None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ComfyProtocolError(
+            "object_info has no LoraLoader with a list of lora_name choices, so the installed LoRAs are unknown",
+            hint="this is not ComfyUI's object_info (or its LoraLoader changed): pass the server's own answer",
+        )
+    return list(names)
+
+
+def arch_as_wired(workflow: Mapping[str, Any], node_id: str, base: ArchSpec) -> ArchSpec:
     """`base` with the text encoders that LoRA node `node_id` really patches, as the graph wires them.
 
     ComfyUI maps text-encoder keys by what the CLIP object holds: the DevServer SD3.5 chunk loads
     only CLIP-G + T5, and there a LoRA's CLIP-L and CLIP-G keys would be dropped. So the check uses
     the graph's encoders, not the model family's full set.
     """
-    from ..workflow import clip_text_encoders
-
-    if getattr(base, "family", None) != "sd3":
+    if base.family != "sd3":
         return base
     encoders = clip_text_encoders(workflow, node_id)
     return dataclasses.replace(base, text_encoders=encoders) if encoders else base
 
 
-def check_key_coverage(workflow: Mapping[str, Any], loras_dir: str | Path, arch: Any) -> None:
-    """Raise LoraFileError when ComfyUI would log 'lora key not loaded' for a LoRA we can read in `loras_dir`.
+def check_fits(workflow: Mapping[str, Any], loras_dir: str | Path, arch: str | ArchSpec) -> None:
+    """Raise LoraFileError when a LoRA of the graph that we can read in `loras_dir` does not fit `arch`.
 
-    `arch`: a name of `devserver_lora.loras.ARCHS` (e.g. "sd35_large") or a spec such as "sd3:2:te=clip_l".
+    The fit check is `lora.fit`'s (shapes, then each key ComfyUI would skip), judged per loader with the text
+    encoders the graph really wires to it. `arch`: a name in `ARCHS` (e.g. "sd35_large") or an `ArchSpec`.
     """
-    try:
-        from ..loras import predict_not_loaded, resolve_arch  # lazy: heavy, and written by another module
-    except ImportError as exc:  # pragma: no cover - the module ships with the package
-        raise DevserverLoraError("devserver_lora.loras is missing: cannot check LoRA key coverage") from exc
     base = resolve_arch(arch)
     for node_id, class_type, name in lora_nodes_in(workflow):
         path = safe_join(loras_dir, name, what="LoRA name")
         if not path.is_file():
             continue  # e.g. ComfyUI on another machine; the server-side list was checked already
-        try:
-            # LoraLoaderModelOnly patches no text encoder: its text-encoder keys would not load either.
-            lines = predict_not_loaded(
-                path, arch_as_wired(workflow, node_id, base), with_clip="modelonly" not in class_type.lower()
-            )
-        except NotImplementedError:
-            log.warning("LoRA key coverage check not available yet; skipped for %s", name)
-            return
-        if lines:
-            shown = "\n    ".join(lines[:8]) + (f"\n    ... and {len(lines) - 8} more" if len(lines) > 8 else "")
-            raise LoraFileError(
-                f"LoRA {name!r} does not fit the model: ComfyUI would skip {len(lines)} of its keys:\n    {shown}",
-                hint="it was trained for a different base model (or its keys use an unknown naming): retrain it for "
-                "this model, or choose a LoRA made for it",
-            )
+        # LoraLoaderModelOnly patches no text encoder: its text-encoder keys would not load either.
+        check_fit(
+            path, arch_as_wired(workflow, node_id, base), with_clip="modelonly" not in class_type.lower(), name=name
+        )

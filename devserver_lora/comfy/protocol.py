@@ -213,12 +213,22 @@ def validation_error(data: dict) -> ComfyValidationError:
     message = "ComfyUI refused the graph: " + head
     if lines:
         message += ":\n  " + "\n  ".join(lines)
-    hint = None
+    return ComfyValidationError(message, hint=_refusal_hint(error, lines), error=error, node_errors=node_errors)
+
+
+def _refusal_hint(error: dict, lines: list[str]) -> str:
+    """What to do about a 400 from /prompt; nothing was queued, so nothing ran."""
     if any("is not installed in ComfyUI" in line for line in lines):
-        hint = "copy the LoRA into ComfyUI's models/loras folder (or fix its name in the output config)"
-    elif error.get("type") == "invalid_prompt":
-        hint = "the graph names a node class this ComfyUI does not have: install the custom node or fix class_type"
-    return ComfyValidationError(message, hint=hint, error=error, node_errors=node_errors)
+        return ("copy the .safetensors file into ComfyUI's models/loras folder (a trained job: `.venv/bin/python -m "
+                "devserver_lora.train install JOB --loras-dir DIR`), or fix the LoRA name in the config")
+    if error.get("type") == "invalid_prompt":
+        return "the graph names a node class this ComfyUI does not have: install the custom node or fix class_type"
+    if error.get("type") == "prompt_no_outputs":
+        return "the graph has no output node (e.g. SaveImage): fix the chunk's workflow"
+    if lines:
+        return ("fix each input listed above in the chunk's workflow or the config's parameters (`generate --set "
+                "KEY=VALUE` overrides one), then render again; nothing was queued")
+    return "nothing was queued; ComfyUI's console says more about why the graph was refused"
 
 
 # --- /history -----------------------------------------------------------------------------------------------------

@@ -12,9 +12,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..comfy import Timeouts
 from ..comfy import events as ev
-from ..config import SHIPPED_SCHEMAS_DIR
+from ..config.files import SHIPPED_SCHEMAS_DIR
 from ..console import err, out, print_json
-from ..devserver import Stage4Runner
+from ..devserver.stage4 import Stage4Runner
 from ..errors import ConfigError
 from ..paths import atomic_write_bytes, check_simple_name, free_name
 
@@ -22,7 +22,8 @@ DEFAULT_SERVER = "http://127.0.0.1:8188"
 
 
 def _parse_sets(items: list[str]) -> dict[str, Any]:
-    """`KEY=VALUE` pairs; VALUE stays a string (DevServer's parameters arrive as strings too)."""
+    """`KEY=VALUE` pairs; VALUE stays a string (DevServer's parameters arrive as strings too). Which keys the
+    chunk takes is checked where the chunk is known (`stage4.check_overrides`)."""
     overrides: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -65,6 +66,9 @@ def _generate(args: argparse.Namespace) -> int:
     if args.arch and not args.loras_dir:
         raise ConfigError("--arch needs --loras-dir (the key check reads the LoRA files)", hint="add --loras-dir DIR")
     runner = Stage4Runner(args.schemas, args.server, loras_dir=args.loras_dir, arch=args.arch, timeouts=timeouts)
+    gap = runner.fit_check_gap(args.config)
+    if gap and not args.json:
+        err.print(f"[yellow]note[/]: {gap}")
     seed = args.seed if args.seed is not None else None
     if args.json:
         result = runner.run(args.config, args.prompt, seed=seed, overrides=overrides)
@@ -88,6 +92,7 @@ def _generate(args: argparse.Namespace) -> int:
         "seed": result.seed,
         "prompt": result.prompt,
         "loras": [s.model_dump(mode="json", exclude_none=True) for s in result.loras],
+        "notes": [gap] if gap else [],
     }
     if args.save_graph:
         graph_path = free_name(out_dir / f"{args.config}_{result.prompt_id[:8]}.graph.json")
@@ -122,11 +127,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="devserver-lora-output", help="folder for the images (default ./devserver-lora-output)")
     p.add_argument("--seed", type=int, help="seed (default: the config's SEED, usually random)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a parameter, e.g. --set WIDTH=512")
-    p.add_argument("--loras-dir", help="ComfyUI's loras folder, if readable here: enables the key-coverage check")
+    p.add_argument("--loras-dir", help="ComfyUI's loras folder, if readable here: enables the LoRA fit check")
     p.add_argument(
         "--arch",
-        help="base model for the key check, e.g. sd35_large or sd3:2:te=clip_l (with --loras-dir: refuse a LoRA "
-        "whose keys ComfyUI would silently skip)",
+        help="base model for the fit check, e.g. sd35_large or sd3:2:te=clip_l (default: the config's "
+        "meta.base_model); with --loras-dir a LoRA whose names or shapes ComfyUI would silently skip is refused",
     )
     p.add_argument("--timeout", type=float, default=900.0, help="overall time limit in seconds (default 900)")
     p.add_argument("--idle-timeout", type=float, default=180.0, help="longest silence of a running prompt (default 180)")

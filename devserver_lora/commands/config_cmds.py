@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..config import SHIPPED_SCHEMAS_DIR, SchemasTree
+from ..config.files import SHIPPED_SCHEMAS_DIR
+from ..config.tree import SchemasTree
+from ..config.validate import validate_paths, write_json_schemas
 from ..console import out, print_json
-from ..validate import validate_paths, write_json_schemas
 
 
 def _validate(args: argparse.Namespace) -> int:

@@ -6,12 +6,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from ..config import SHIPPED_SCHEMAS_DIR
+from ..config.files import SHIPPED_SCHEMAS_DIR
 from ..console import out, print_json
-from ..devserver import Stage4Runner
+from ..devserver.stage4 import Stage4Runner
 from ..errors import GraphValidationError
-from ..graph_check import load_object_info, validate_graph
-from ..loras import ARCHS, fit_problems, inspect_lora, predict_not_loaded, resolve_arch
+from ..graph.check import load_object_info, validate_graph
+from ..lora.fit import ARCHS, fit_problems, resolve_arch
+from ..lora.report import inspect_lora
 
 
 def build_workflow(
@@ -57,33 +58,38 @@ def _inspect(args: argparse.Namespace) -> int:
     if args.against:
         resolve_arch(args.against)  # an unknown name fails before the file is read
     report = inspect_lora(args.file)
-    lines = predict_not_loaded(report, args.against, with_clip=not args.model_only) if args.against else []
-    fit = fit_problems(report, args.against) if args.against else []
+    problems = fit_problems(report, args.against, with_clip=not args.model_only) if args.against else []
+    shapes = [p for p in problems if p.code != "key_not_loaded"]
+    lines = [p.message for p in problems if p.code == "key_not_loaded"]
     if args.json:
         body = report.model_dump(mode="json", exclude={"tensors"})
         body["against"] = args.against
+        body["fits"] = not problems if args.against else None
         body["not_loaded"] = lines
-        body["fit_problems"] = fit
+        body["fit_problems"] = [p.as_dict() for p in problems]
         print_json(body)
     else:
         out.print(f"[bold]{report.path}[/]  ({report.file_size} bytes, {report.tensor_count} tensors)")
         arch = report.architecture + (f", depth {report.depth}" if report.depth else "")
         out.print(f"  format {report.format} ({report.adapter}); architecture {arch}; rank {report.rank}")
+        trained = report.metadata.get("devserver_lora.arch")
+        if trained:
+            out.print(f"  trained on: {trained} (check with --against {trained})")
         te = ", ".join(report.text_encoders) or "none"
         out.print(f"  text encoders: {te}; alpha keys: {'yes' if report.has_alpha else 'no'}")
         out.print(f"  trigger words: {', '.join(report.trigger_words) or 'none found in metadata'}")
         for w in report.warnings:
             out.print(f"  [yellow]warning[/]: {w}")
         if args.against:
-            for problem in fit:
-                out.print(f"  [red]does not fit {args.against}[/]: {problem}")
+            for problem in shapes:
+                out.print(f"  [red]does not fit {args.against}[/]: {problem.message}")
             if lines:
                 out.print(f"  [red]ComfyUI would log {len(lines)} warning(s) on {args.against}:[/]")
                 for line in lines:
                     out.print(f"    {line}")
-            elif not fit:
-                out.print(f"  [green]every key loads on {args.against}[/]")
-    return 1 if lines or fit else 0
+            if not problems:
+                out.print(f"  [green]fits {args.against}: every key loads and every shape matches[/]")
+    return 1 if problems else 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -1,8 +1,9 @@
 """Install a trained LoRA (from either backend) into ComfyUI/SwarmUI and give DevServer an output config for it.
 
 1. pick a checkpoint of the job (the final one, or `epoch=N`);
-2. check its keys against the target model (`devserver_lora.loras.predict_not_loaded`): a key ComfyUI would
-   not load is refused before anything is copied;
+2. run the one fit check (`devserver_lora.lora.fit`, names and shapes) against the model the LoRA was trained on
+   (its `devserver_lora.arch` metadata, else the plan's family): a LoRA ComfyUI would not fully apply is refused
+   before anything is copied;
 3. copy it into the loras folder with provenance in its header (dataset card, plan, trigger words, following
    the `modelspec.*` / `ss_*` conventions plus `devserver_lora.*`): tensor bytes identical, atomic, never
    replacing a file (a `-2` suffix instead);
@@ -20,12 +21,18 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from ..config import SD35_CHUNK, SD35_TRIPLE_CLIP_CHUNK
-from ..errors import ConfigError, JobError, LoraFileError, Problem
-from ..lora_spec import LoraSpec
+from ..config.files import SHIPPED_SCHEMAS_DIR, write_output_config
+from ..config.make import make_lora_output_config
+from ..config.models import NON_IMAGE_NAME_MARKERS, SD35_CHUNK, SD35_TRIPLE_CLIP_CHUNK, check_image_config_name
+from ..config.validate import validate_paths
+from ..errors import ConfigError, JobError, LoraFileError
+from ..lora.fit import check_fit
+from ..lora.header import read_header, write_with_metadata
+from ..lora.report import inspect_lora
+from ..lora.spec import LoraSpec
 from ..paths import atomic_write_bytes, check_simple_name
+from .card import DatasetCard
 from .families import get_family
-from .safetensors_meta import read_header, write_with_metadata
 
 PREFIX = "devserver_lora."
 
@@ -80,20 +87,29 @@ def pick_checkpoint(job: Any, epoch: int | None = None, checkpoint: str | None =
     raise JobError(f"job {job.id} has no checkpoint for epoch {epoch}", hint=f"checkpoints: {available}")
 
 
-def provenance_metadata(existing: dict[str, str], job: Any, source: Path) -> dict[str, str]:
+ARCH_KEY = f"{PREFIX}arch"
+NO_CARD = "none"
+
+
+def job_card(job: Any) -> DatasetCard | None:
+    """The job's dataset card, or None when the job has none (jobs made before cards were required)."""
+    try:
+        return job.card
+    except JobError:
+        return None
+
+
+def provenance_metadata(existing: dict[str, str], job: Any, source: Path, card: DatasetCard | None) -> dict[str, str]:
     """The header metadata of the installed copy: the trainer's own entries plus who, what and how."""
     plan = job.plan
     meta = dict(existing)
-    card = None
-    try:
-        card = job.card
-    except JobError:
-        pass
     trigger_words = [plan.trigger] if plan.trigger else []
     meta["modelspec.title"] = plan.output_name
     if trigger_words:
         meta["modelspec.trigger_phrase"] = ", ".join(trigger_words)
-    if card is not None:
+    if card is None:
+        meta[f"{PREFIX}card"] = NO_CARD
+    else:
         meta["modelspec.description"] = card.description
         meta["modelspec.author"] = card.rights_holder
         meta["modelspec.license"] = card.licence
@@ -108,22 +124,10 @@ def provenance_metadata(existing: dict[str, str], job: Any, source: Path) -> dic
     return meta
 
 
-def _has_text_encoder_keys(path: Path) -> bool:
-    from .. import loras
-
-    return loras.lora_has_text_encoder(loras.inspect_lora(path))
-
-
-def key_problems(path: Path, family: str) -> list[str]:
-    """The 'not loaded' lines ComfyUI would log for this LoRA on the family's model ([] = all keys load).
-
-    Raises NotImplementedError when the key checker is not available (callers report that as a warning).
-    """
-    from .. import loras
-
-    fam = get_family(family)
-    arch = loras.ARCHS.get(fam.arch, fam.arch)
-    return list(loras.predict_not_loaded(path, arch))
+def trained_arch(metadata: dict[str, str], job: Any) -> str:
+    """The model a LoRA was trained on: its own `devserver_lora.arch` label, else what the backend recorded for the
+    job's base checkpoint, else the family's model."""
+    return metadata.get(ARCH_KEY) or job.info.get("base_arch") or get_family(job.plan.family).arch
 
 
 _NON_ALNUM = re.compile(r"[^a-z0-9_]+")
@@ -136,8 +140,6 @@ def default_config_name(job: Any) -> str:
 
 
 def _check_config_name(name: str) -> str:
-    from ..config import NON_IMAGE_NAME_MARKERS, check_image_config_name
-
     check_simple_name(name, what="output config name")
     marker = check_image_config_name(name)
     if marker:
@@ -154,16 +156,12 @@ def _check_config_name(name: str) -> str:
 
 
 def _chunks_dir(schemas_dir: Path) -> Path:
-    from ..config import SHIPPED_SCHEMAS_DIR
-
     own = schemas_dir / "chunks"
     return own if own.is_dir() and any(own.glob("*.json")) else SHIPPED_SCHEMAS_DIR / "chunks"
 
 
 def ensure_chunk(schemas_dir: Path, chunk_name: str) -> Path | None:
     """Copy a chunk this product ships into DevServer's chunks/ if it is not there; never replace one."""
-    from ..config import SHIPPED_SCHEMAS_DIR
-
     target = schemas_dir / "chunks" / f"{chunk_name}.json"
     if target.exists():
         return None
@@ -180,11 +178,9 @@ def write_config(
     strength: float,
     trigger_words: list[str],
     output_chunk: str | None = None,
+    base_model: str | None = None,
 ) -> Path:
     """Validate the new output config in a staging copy, then write it (refusing to replace one)."""
-    from ..config import make_lora_output_config, write_output_config
-    from ..validate import validate_paths
-
     plan = job.plan
     target = schemas_dir / "configs" / "output" / f"{config_name}.json"
     if target.exists():
@@ -200,7 +196,7 @@ def write_config(
                     trigger_words=tuple(trigger_words) or None)
     cfg = make_lora_output_config(
         config_name, [spec], title_en=f"SD 3.5 Large + {title}", title_de=f"SD 3.5 Large + {title}",
-        description_en=description, description_de=description, output_chunk=output_chunk,
+        description_en=description, description_de=description, output_chunk=output_chunk, base_model=base_model,
     )
     staging = Path(job.work_dir) / "install" / "schemas"
     if staging.exists():
@@ -231,22 +227,20 @@ def install_job(
     plan = job.plan
     check_simple_name(plan.output_name, what="LoRA output name")
     source = pick_checkpoint(job, epoch, checkpoint)
-    header = read_header(source)
-    if not header.complete:
-        raise LoraFileError(f"{source} is incomplete", hint="the trainer may still be writing it")
+    header = read_header(source)  # refuses a file the trainer is still writing
+    arch = trained_arch(header.metadata, job)
     warnings: list[str] = []
     if check_keys:
-        try:
-            not_loaded = key_problems(source, plan.family)
-        except NotImplementedError:
-            warnings.append("the LoRA key check is not available in this build; keys were not checked")
-        else:
-            if not_loaded:
-                shown = "; ".join(not_loaded[:5])
-                raise LoraFileError(
-                    f"{len(not_loaded)} keys of {source.name} would not load on {plan.family}: {shown}",
-                    hint="the LoRA was trained for another model; plan and train again for this family",
-                )
+        check_fit(source, arch, name=source.name)
+    else:
+        warnings.append(f"fit check skipped (--no-key-check): {source.name} was not checked against {arch}")
+    card = job_card(job)
+    if card is None:
+        warnings.append(
+            f"job {job.id} has no dataset card: installed with '{NO_CARD}' recorded as its card; say where the "
+            f"images come from and who may use them in {job.dir / 'card.json'} (fields: "
+            "`.venv/bin/python -m devserver_lora.train card --help`)"
+        )
     name_for_config = None
     if schemas_dir is not None:
         name_for_config = _check_config_name(config_name or default_config_name(job))
@@ -257,8 +251,8 @@ def install_job(
     stem = plan.output_name if epoch is None else f"{plan.output_name}-{epoch:06d}"
     if checkpoint is not None:
         stem = checkpoint.removesuffix(".safetensors")
-    written = write_with_metadata(source, Path(loras_dir) / f"{stem}.safetensors",
-                                  provenance_metadata(header.metadata, job, source))
+    metadata = {**provenance_metadata(header.metadata, job, source, card), ARCH_KEY: arch}
+    written = write_with_metadata(source, Path(loras_dir) / f"{stem}.safetensors", metadata)
     result = InstallResult(job_id=job.id, source=str(source), lora_path=str(written), lora_name=written.name,
                            trigger_words=trigger_words, warnings=warnings)
     warnings = result.warnings  # pydantic copied the list; append to the result's own
@@ -268,18 +262,14 @@ def install_job(
         warnings.append(f"output configs are written for SD3.5 Large only; write one for {plan.family} by hand")
     else:
         assert name_for_config is not None
-        chunk = SD35_TRIPLE_CLIP_CHUNK if _has_text_encoder_keys(source) else SD35_CHUNK
+        chunk = SD35_TRIPLE_CLIP_CHUNK if inspect_lora(source).has_text_encoder else SD35_CHUNK
         if chunk == SD35_TRIPLE_CLIP_CHUNK and ensure_chunk(schemas_dir, chunk) is not None:
             warnings.append(
                 f"this LoRA trained the text encoders, so its config renders through {chunk} (CLIP-L + CLIP-G + T5); "
                 f"copied that chunk into {schemas_dir / 'chunks'}: ComfyUI needs clip_l.safetensors too"
             )
         path = write_config(job, written.name, schemas_dir=schemas_dir, config_name=name_for_config,
-                            strength=strength, trigger_words=trigger_words, output_chunk=chunk)
+                            strength=strength, trigger_words=trigger_words, output_chunk=chunk, base_model=arch)
         result.config_name, result.config_path = name_for_config, str(path)
     job.write_json("install.json", result.model_dump(mode="json"))
     return result
-
-
-def install_problems(result: InstallResult) -> list[Problem]:
-    return [Problem(w, severity="warning", code="install") for w in result.warnings]

@@ -129,7 +129,7 @@ def margin_for(vram_gb: float) -> float:
     return round(max(1.5, 0.15 * vram_gb), 2)
 
 
-def image_tokens(family: Family, resolution: int) -> int:
+def image_tokens(resolution: int) -> int:
     return (resolution // 16) ** 2
 
 
@@ -157,7 +157,7 @@ def estimate(work: Workload, choice: Choice, *, gpu_speed: float = 1.0) -> Estim
     weights = (model_w + te_w) / GIB
     optimizer = "AdamW8bit" if choice.use_8bit_optimizer else work.optimizer
     lora = lora_params(fam, work.network_dim, work.train_text_encoder) * (8 + OPTIMIZER_STATE_BYTES[optimizer]) / GIB
-    tokens = image_tokens(fam, work.resolution) + TEXT_TOKENS.get(fam.name, 0)
+    tokens = image_tokens(work.resolution) + TEXT_TOKENS.get(fam.name, 0)
     per_width_blocks = (2 * fam.depth + 40) if choice.gradient_checkpointing else 40 * fam.depth
     acts = choice.batch_size * tokens * fam.hidden_size * per_width_blocks / GIB
     if work.train_text_encoder:
@@ -169,7 +169,7 @@ def estimate(work: Workload, choice: Choice, *, gpu_speed: float = 1.0) -> Estim
     host = 4 + (fam.model_params_b + fam.text_encoder_params_b + fam.vae_params_b) * 1e9 * 2 / GIB
     host += swap * per_block / GIB
     speed = max(gpu_speed, 1e-6)
-    s_step = fam.ref_s_per_step_1024 * (image_tokens(fam, work.resolution) / 4096) * choice.batch_size
+    s_step = fam.ref_s_per_step_1024 * (image_tokens(work.resolution) / 4096) * choice.batch_size
     s_step *= work.accumulation / speed
     s_step *= 1.3 if choice.gradient_checkpointing else 1.0
     s_step *= 1.1 if choice.fp8_base else 1.0

@@ -19,7 +19,7 @@ from ..errors import DatasetError, PlanError, Problem
 from ..paths import UnsafePathError, check_simple_name
 from .card import CARD_FILE, load_card
 from .dataset.manifest import DatasetManifest, load_manifest
-from .families import FAMILIES, Family, get_family
+from .families import FAMILIES, get_family
 from .gpu import GpuInfo
 from .memory import CPU_RELATIVE_SPEED, MemoryPlan, Workload, choose_memory_plan, estimate
 from .presets import get_preset
@@ -204,9 +204,6 @@ class TrainingPlan(BaseModel):
         except UnsafePathError as exc:
             raise ValueError(str(exc)) from exc
         return v
-
-    def family_info(self) -> Family:
-        return get_family(self.family)
 
 
 def check_backend_support(hyper: Hyperparameters, backend: str | None, memory: MemoryPlan | None = None) -> list[Problem]:

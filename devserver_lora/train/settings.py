@@ -39,10 +39,6 @@ class Settings(BaseModel):
     devserver_schemas_dir: Path | None = None
     models_dir: Path | None = None
 
-    @property
-    def settings_file(self) -> Path:
-        return self.home / "settings.json"
-
 
 def default_home() -> Path:
     return Path("~/.local/share/devserver-lora").expanduser()

@@ -70,9 +70,10 @@ def t5_keys(blocks: int = 24) -> list[str]:
     return [f"encoder.block.{i}.layer.0.SelfAttention.q.weight" for i in range(blocks)]
 
 
-def make_models(models_dir: Path, family: str = "sd35_large") -> Path:
+def make_models(models_dir: Path, family: str = "sd35_large", *, depth: int = 38) -> Path:
+    """Header-only model files. `depth` 2 matches the recorded tiny model whose LoRA layout the stand-in writes."""
     if family == "sd35_large":
-        write_safetensors(models_dir / "sd3.5_large.safetensors", mmdit_keys(38))
+        write_safetensors(models_dir / "sd3.5_large.safetensors", mmdit_keys(depth))
     elif family == "sd35_medium":
         write_safetensors(models_dir / "sd3.5_medium.safetensors", mmdit_keys(24, attn2_blocks=13))
     else:
@@ -149,13 +150,7 @@ def make_job(jobs_dir: Path, dataset_dir: Path, *, family: str = "sd35_large", o
 
 
 def schemas_tree(root: Path) -> Path:
-    """A DevServer schemas folder holding the real SD3.5 chunk, output config and pipeline (devserver_samples)."""
-    from conftest import SAMPLES
+    """A DevServer-shaped schemas folder with the SD3.5 ComfyUI chunk (as `config.chunks` writes it)."""
+    from devserver_tree import write_devserver_tree
 
-    (root / "configs" / "output").mkdir(parents=True)
-    (root / "chunks").mkdir()
-    (root / "pipelines").mkdir()
-    shutil.copy(SAMPLES / "sd35_large.json", root / "configs" / "output" / "sd35_large.json")
-    shutil.copy(SAMPLES / "output_image_sd35_large.json", root / "chunks" / "output_image_sd35_large.json")
-    shutil.copy(SAMPLES / "single_text_media_generation.json", root / "pipelines")
-    return root
+    return write_devserver_tree(root)

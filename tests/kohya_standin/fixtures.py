@@ -39,7 +39,7 @@ def kohya_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> KohyaEnv:
     monkeypatch.setenv("STANDIN_STEP_S", "0.002")
     monkeypatch.setenv("DEVSERVER_LORA_HOME", str(tmp_path / "home"))
     kohya = make_kohya_install(tmp_path / "kohya")
-    models = make_models(tmp_path / "models")
+    models = make_models(tmp_path / "models", depth=2)  # the depth of the recorded LoRA layout
     dataset = make_dataset(tmp_path / "dataset")
     settings = load_settings(home=tmp_path / "home", jobs_dir=tmp_path / "jobs", kohya_dir=kohya, models_dir=models,
                              comfyui_loras_dir=tmp_path / "loras", devserver_schemas_dir=tmp_path / "schemas")

@@ -5,7 +5,7 @@ checkpoints are hard-linked into the job's `outputs/` under Kohya's names, never
 replacing a file. Why not let sd-scripts write into `outputs/` directly: after
 `--resume` its step counter restarts at 0, so a step-named checkpoint of the second
 attempt would silently overwrite the first attempt's file of the same name. We add
-the attempt's step offset instead (see shared/fixtures/kohya/run_log_resume.txt).
+the attempt's step offset instead (see tests/fixtures/kohya/run_log_resume.txt).
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ...errors import BackendError, DatasetError, LoraFileError, PlanError, Problem
+from ...errors import BackendError, DatasetError, PlanError, Problem
+from ...lora.header import is_complete
 from ...paths import atomic_write_json, check_simple_name, copy_no_overwrite, free_name
 from ..events import CheckpointEvent, DoneEvent, ErrorEvent, LogEvent, ProgressEvent
-from ..safetensors_meta import read_header
 from . import args as kargs
 from . import models as kmodels
 from . import progress as kprog
@@ -41,13 +41,6 @@ def _kill_group(pid: int, sig: int) -> None:
         os.killpg(pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
-
-
-def _complete(path: Path) -> bool:
-    try:
-        return read_header(path).complete
-    except LoraFileError:
-        return False
 
 
 class _Attempt:
@@ -145,6 +138,8 @@ class KohyaBackend:
                 hint=f"put {' or '.join(names)} into the models folder (DEVSERVER_LORA_MODELS); `check` lists all",
                 diagnosis="model_missing",
             )
+        if write:  # what install judges the LoRA against (a test-sized checkpoint is not the family's model)
+            job.set_state(job.state, base_arch=kmodels.checkpoint_arch(models))
         cmd = kargs.build_command(
             plan,
             python=install.python,
@@ -350,7 +345,7 @@ class _RunState:
         for src in candidates:
             if src.name in self.published:
                 continue
-            if not src.is_file() or not _complete(src):
+            if not src.is_file() or not is_complete(src):
                 if not final:
                     still.append(src)
                 continue

@@ -29,10 +29,6 @@ class Flag:
     default: Any
     choices: Any
 
-    @property
-    def is_switch(self) -> bool:
-        return self.action == "_StoreTrueAction"
-
 
 def _data(name: str) -> dict:
     return json.loads(resources.files(__package__).joinpath("data", name).read_text(encoding="utf-8"))

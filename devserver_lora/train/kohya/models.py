@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...errors import LoraFileError, Problem, UnsafePathError
+from ...lora.fit import ArchSpec, arch_name
+from ...lora.header import read_header
 from ...paths import safe_join
-from ..safetensors_meta import read_header
+from ..families import get_family
 
 # Role -> candidate file names (first found wins), per family. `models.json` in the models folder overrides.
 _T5 = ("t5xxl_fp16.safetensors", "t5xxl_fp8_e4m3fn.safetensors", "t5xxl_fp8_e4m3fn_scaled.safetensors")
@@ -112,6 +114,25 @@ def classify(path: str | Path) -> tuple[str, str]:
     if any(k.startswith("decoder.conv_in") for k in keys) and any(k.startswith("encoder.conv_in") for k in keys):
         return "flux_ae", "autoencoder"
     return "unknown", f"{len(keys)} tensors, no known layout"
+
+
+def checkpoint_arch(models: ModelFiles) -> str:
+    """The `lora.fit` name of the model sd-scripts trains on: the family's, unless the checkpoint says otherwise.
+
+    SD3 LoRAs are labelled from the checkpoint's own depth and attn2 blocks (sd-scripts loads CLIP-L, CLIP-G and
+    T5 beside it), so a LoRA trained on a test-sized checkpoint is judged as what it is at install.
+    """
+    default = get_family(models.family).arch
+    checkpoint = models.get("checkpoint")
+    if checkpoint is None or not default.startswith(("sd3", "sd35")):
+        return default
+    keys = list(read_header(checkpoint).tensors)
+    depth = _count(_JOINT, keys)
+    if not depth:
+        return default
+    attn2 = sorted({int(m.group(1)) for k in keys for m in [re.search(r"joint_blocks\.(\d+)\.x_block\.attn2\.", k)] if m})
+    # No LoRA targets the q/k norms, so whether the checkpoint has them does not change what fits.
+    return arch_name(ArchSpec.sd3(depth, attn2_blocks=attn2))
 
 
 def find_model_files(family: str, models_dir: Path | None) -> ModelFiles:

@@ -1,4 +1,4 @@
-"""Parse sd-scripts' console output (recorded in shared/fixtures/kohya/run_log*.txt) into typed items.
+"""Parse sd-scripts' console output (recorded in tests/fixtures/kohya/run_log*.txt) into typed items.
 
 tqdm redraws its bar with `\\r` and no newline, so a "line" ends at either `\\r` or `\\n`;
 a bar may even share a line with the next log record when tqdm's final redraw is

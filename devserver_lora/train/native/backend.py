@@ -19,6 +19,7 @@ from ...errors import BackendError, Problem
 from ..events import CheckpointEvent, DoneEvent, ErrorEvent, LogEvent, ProgressEvent
 from ..plan import check_backend_support
 from . import models
+from .launch import LaunchSpec, multiprocess_problems, run_launched
 from .models import ModelSource
 
 MODEL_FILE = "model.json"
@@ -65,8 +66,6 @@ class NativeBackend:
             return problems
         problems += check_backend_support(plan.hyper, "native", plan.memory)
         if self.num_processes != 1:
-            from .launch import multiprocess_problems  # lazily: launch.py is also run as __main__
-
             problems += multiprocess_problems(self.num_processes)
         if plan.hyper.shuffle_caption:
             problems.append(
@@ -106,6 +105,12 @@ class NativeBackend:
             )
         return problems
 
+    def launch_spec(self) -> LaunchSpec:
+        """What each launched process rebuilds this backend from."""
+        settings = self.settings.model_dump(mode="json") if hasattr(self.settings, "model_dump") else None
+        return LaunchSpec(settings=settings, source=self.source, device=self.device,
+                          export_format=self.export_format, progress_interval_s=self.progress_interval_s)
+
     def check_preflight(self, job: Any) -> None:
         """Raise BackendError on the first preflight error (warnings pass)."""
         blocking = [p for p in self.preflight(job) if p.severity == "error"]
@@ -118,10 +123,8 @@ class NativeBackend:
 
     def run(self, job: Any, *, resume: bool = False, stop: threading.Event | None = None) -> Path:
         if self.num_processes > 1:
-            from .launch import run_launched
-
-            return run_launched(self, job, num_processes=self.num_processes, resume=resume, stop=stop,
-                                grace_s=self.grace_s)
+            return run_launched(self.launch_spec(), self.check_preflight, job, num_processes=self.num_processes,
+                                resume=resume, stop=stop, grace_s=self.grace_s)
         try:
             return self._run(job, resume=resume, stop=stop)
         except BackendError as exc:
@@ -324,7 +327,7 @@ class _Exporter:
         trigger = [self.plan.trigger] if self.plan.trigger else []
         card = self.card.model_dump(mode="json") if self.card is not None else None
         meta = lora_metadata(
-            output_name=self.plan.output_name, family=self.plan.family, rank=s.rank, alpha=s.alpha,
+            output_name=self.plan.output_name, arch=models.trained_arch(self.info), rank=s.rank, alpha=s.alpha,
             resolution=self.plan.hyper.resolution, steps=step, epochs=epoch, trigger_words=trigger, card=card,
             card_metadata=self.card.to_metadata() if self.card is not None else None,
             extra={"ss_num_train_images": str(len(self.trainer.caches)), "ss_learning_rate": str(s.learning_rate),

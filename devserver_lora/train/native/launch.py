@@ -1,17 +1,16 @@
-"""Several-process native training: the worker side (`run_launched`) and the per-process entry point (`main`).
+"""Several-process native training, the worker side: `run_launched` starts and watches `accelerate launch`.
 
 With `num_processes > 1` the worker does not train itself: it starts `accelerate launch` as a child in its
 own process group (output appended to the job's log) and keeps owning the job's state. Each launched
-process runs `python -m devserver_lora.train.native.launch`, builds a one-process `NativeBackend` and trains
-its share of every epoch (accelerate's DDP); only the main process writes events, checkpoints and the result
-file the worker reads back. A stop is a file in the job's work folder that every rank polls, agreed on with
-an all-reduce, so all ranks leave at the same step and the main one saves its state; the worker escalates to
-SIGTERM and then SIGKILL on the child group only if the processes do not leave within the grace period.
+process runs `python -m devserver_lora.train.native.rank` (see there), trains its share of every epoch
+(accelerate's DDP), and only the main process writes events, checkpoints and the result file the worker reads
+back. A stop is a file in the job's work folder that every rank polls, agreed on with an all-reduce, so all
+ranks leave at the same step and the main one saves its state; the worker escalates to SIGTERM and then
+SIGKILL on the child group only if the processes do not leave within the grace period.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -20,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from ...paths import atomic_write_json
 from ..events import ErrorEvent
 from .models import ModelSource
 
-LAUNCH_MODULE = "devserver_lora.train.native.launch"
+LAUNCH_MODULE = "devserver_lora.train.native.rank"
 ALLOW_CPU_ENV = "DEVSERVER_LORA_ALLOW_CPU_MULTIPROCESS"
 SPEC_FILE = "native_launch.json"
 RESULT_FILE = "native_launch_result.json"
@@ -118,23 +118,22 @@ def _wait(proc: subprocess.Popen, timeout_s: float) -> bool:
         return False
 
 
-def run_launched(backend: Any, job: Any, *, num_processes: int, resume: bool = False,
-                 stop: threading.Event | None = None, grace_s: float = 30.0, poll_s: float = 0.2,
-                 python: str | None = None) -> Path:
-    """Train `job` in `num_processes` launched processes; returns the final LoRA or raises BackendError."""
+def run_launched(spec: LaunchSpec, preflight: Callable[[Any], None], job: Any, *, num_processes: int,
+                 resume: bool = False, stop: threading.Event | None = None, grace_s: float = 30.0,
+                 poll_s: float = 0.2, python: str | None = None) -> Path:
+    """Train `job` in `num_processes` launched processes; returns the final LoRA or raises BackendError.
+
+    `spec` is what each process rebuilds its backend from; `preflight(job)` is the worker's own check (the
+    launched processes check again).
+    """
     import torch
 
-    try:  # the worker's own checks; the launched processes check again
-        backend.check_preflight(job)
+    try:
+        preflight(job)
     except BackendError as exc:
         job.append_event(ErrorEvent(diagnosis=exc.diagnosis, message=exc.message, hint=exc.hint))
         raise
     work = job.work_dir
-    spec = LaunchSpec(
-        settings=backend.settings.model_dump(mode="json") if hasattr(backend.settings, "model_dump") else None,
-        source=backend.source, device=backend.device, export_format=backend.export_format,
-        progress_interval_s=backend.progress_interval_s,
-    )
     atomic_write_json(work / SPEC_FILE, spec.model_dump(mode="json"))
     for stale in (RESULT_FILE, STOP_FILE):
         (work / stale).unlink(missing_ok=True)
@@ -200,97 +199,3 @@ def _outcome(job: Any, returncode: int | None, *, stopped: bool) -> Path:
     )
     job.append_event(ErrorEvent(diagnosis=err.diagnosis, message=err.message, hint=err.hint))
     raise err
-
-
-# --- inside each launched process --------------------------------------------------------------
-class _StopFile(threading.Event):
-    """Set by a signal or when the worker's stop file appears (checked by the loop between steps)."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__()
-        self.path = path
-
-    def is_set(self) -> bool:
-        return super().is_set() or self.path.exists()
-
-
-class _RankJob:
-    """The job as a non-main rank sees it: readable, but its events are the main rank's to write."""
-
-    def __init__(self, job: Any) -> None:
-        self._job = job
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._job, name)
-
-    def append_event(self, event: Any) -> None:
-        return None
-
-    def set_state(self, *_args: Any, **_info: Any) -> None:
-        return None
-
-
-def _die_with_parent(poll_s: float = 0.5) -> None:
-    """Exit when the launcher dies: torch's launcher puts each rank in its own session, so a SIGKILL to the
-    launcher's group (the last step of a cancel) would otherwise leave ranks blocked in a collective forever."""
-    parent = os.getppid()
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(poll_s)
-        os._exit(3)
-
-    threading.Thread(target=watch, name="die-with-launcher", daemon=True).start()
-
-
-def _write_result(job: Any, **result: Any) -> None:
-    atomic_write_json(job.work_dir / RESULT_FILE, result)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=f"python -m {LAUNCH_MODULE}", description="one process of a native training job")
-    parser.add_argument("--job-dir", required=True, type=Path)
-    parser.add_argument("--resume", action="store_true")
-    args = parser.parse_args(argv)
-
-    import torch
-    from accelerate import PartialState
-
-    from ..jobs import JobStore
-    from .backend import NativeBackend
-
-    _die_with_parent()
-    job_dir = args.job_dir.resolve()
-    job = JobStore(job_dir.parent).get(job_dir.name)
-    spec = LaunchSpec.model_validate(json.loads((job.work_dir / SPEC_FILE).read_text(encoding="utf-8")))
-    settings = None
-    if spec.settings is not None:
-        from ..settings import Settings
-
-        settings = Settings.model_validate(spec.settings)
-    state = PartialState(cpu=not torch.cuda.is_available())
-    main_rank = state.is_main_process
-    stop = _StopFile(job.work_dir / STOP_FILE)
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    backend = NativeBackend(settings, source=spec.source, device=spec.device, export_format=spec.export_format,
-                            progress_interval_s=spec.progress_interval_s)
-    try:
-        path = backend.run(job if main_rank else _RankJob(job), resume=args.resume, stop=stop)
-    except BackendError as exc:
-        if not main_rank:
-            print(f"rank {state.process_index}: {exc.message}", file=sys.stderr, flush=True)
-            return 1
-        if exc.diagnosis == "cancelled":
-            _write_result(job, status="cancelled", message=exc.message)
-            return 0
-        _write_result(job, status="failed", message=exc.message, hint=exc.hint, diagnosis=exc.diagnosis)
-        return 1
-    if main_rank:
-        _write_result(job, status="done", path=str(path))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

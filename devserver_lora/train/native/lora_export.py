@@ -220,7 +220,7 @@ def check_against_mmdit(tensors: Mapping[str, torch.Tensor], mmdit_shapes: Mappi
 def lora_metadata(
     *,
     output_name: str,
-    family: str,
+    arch: str,
     rank: int,
     alpha: float,
     resolution: int,
@@ -231,15 +231,20 @@ def lora_metadata(
     card_metadata: Mapping[str, str] | None = None,
     extra: Mapping[str, object] | None = None,
 ) -> dict[str, str]:
-    """String metadata in the `ss_*` / `modelspec.*` conventions, plus the dataset card and trigger words."""
-    arch = {"sd35_large": "stable-diffusion-3-5-large", "sd35_medium": "stable-diffusion-3-5-medium"}.get(
-        family, "stable-diffusion-3"
+    """String metadata in the `ss_*` / `modelspec.*` conventions, plus the dataset card and trigger words.
+
+    `arch` is what was trained (`lora.fit.arch_name`: "sd35_large", or "sd3:2:te=clip_l" for a test-sized model),
+    so `inspect-lora --against` and `install` judge the LoRA against the model it was made for.
+    """
+    modelspec_arch = {"sd35_large": "stable-diffusion-3-5-large", "sd35_medium": "stable-diffusion-3-5-medium"}.get(
+        arch, "stable-diffusion-3"
     )
     meta: dict[str, str] = {
         "ss_network_module": "networks.lora_sd3",
         "ss_network_dim": str(rank),
         "ss_network_alpha": str(float(alpha)),
-        "ss_base_model_version": family,
+        "ss_base_model_version": arch,
+        "devserver_lora.arch": arch,
         "ss_output_name": output_name,
         "ss_resolution": f"({resolution}, {resolution})",
         "ss_steps": str(steps),
@@ -247,7 +252,7 @@ def lora_metadata(
         "ss_training_finished_at": str(time.time()),
         "ss_trainer": "devserver-lora native (diffusers + peft)",
         "modelspec.sai_model_spec": "1.0.1",
-        "modelspec.architecture": f"{arch}/lora",
+        "modelspec.architecture": f"{modelspec_arch}/lora",
         "modelspec.implementation": "diffusers",
         "modelspec.title": output_name,
         "modelspec.resolution": f"{resolution}x{resolution}",

@@ -21,7 +21,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from ...errors import BackendError, Problem
+from ...errors import BackendError, LoraFileError, Problem
+from ...lora.fit import ArchSpec, arch_name
+from ...lora.header import read_header
 
 CONFIG_DIR = Path(__file__).with_name("configs")
 MMDIT_PREFIX = "model.diffusion_model."
@@ -65,21 +67,19 @@ class ModelSource(BaseModel):
     tiny_tokenizer: bool = False
 
 
-def read_header(path: Path, *, what: str) -> dict[str, tuple[int, ...]]:
+def tensor_shapes(path: Path, *, what: str) -> dict[str, tuple[int, ...]]:
     """Tensor names and shapes from a safetensors header (no tensor data read)."""
-    from safetensors import safe_open
-
     if not path.is_file():
         raise BackendError(f"{what} not found: {path}", hint="check the path (or DEVSERVER_LORA_MODELS)", diagnosis="model_missing")
     try:
-        with safe_open(str(path), framework="pt") as fh:
-            return {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}  # noqa: SIM118
-    except Exception as exc:  # safetensors raises several types for a damaged header
+        header = read_header(path)
+    except LoraFileError as exc:
         raise BackendError(
-            f"{what} {path} is not a readable .safetensors file ({exc})",
+            f"{what} {path} is not a readable .safetensors file ({exc.message})",
             hint="re-download it; partial downloads and .ckpt/.pt files are not supported",
             diagnosis="model_unreadable",
         ) from exc
+    return {name: tuple(info.shape) for name, info in header.tensors.items()}
 
 
 def infer_transformer_config(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, Any]:
@@ -185,7 +185,7 @@ def inspect_source(source: ModelSource, *, family: str | None = None) -> SourceI
         return SourceInfo(config, {}, detect_family(config), (root / "vae").is_dir(), tes)
     if source.checkpoint is None:
         raise BackendError("the model source names neither a checkpoint nor a diffusers folder", diagnosis="model_missing")
-    header = read_header(Path(source.checkpoint), what="base checkpoint")
+    header = tensor_shapes(Path(source.checkpoint), what="base checkpoint")
     mmdit = {k[len(MMDIT_PREFIX):]: v for k, v in header.items() if k.startswith(MMDIT_PREFIX)}
     if not mmdit:
         raise BackendError(
@@ -209,10 +209,21 @@ def inspect_source(source: ModelSource, *, family: str | None = None) -> SourceI
         path = getattr(source, name)
         if path is None:
             continue
-        te_header = read_header(Path(path), what=f"{name} text encoder")
+        te_header = tensor_shapes(Path(path), what=f"{name} text encoder")
         _check_text_encoder(name, Path(path), te_header)
         tes[name] = str(path)
     return SourceInfo(config, mmdit, detected, any(k.startswith(VAE_PREFIX) for k in header), tes)
+
+
+def trained_arch(info: SourceInfo) -> str:
+    """The `lora.fit` name of the model a LoRA is trained on, as the source holds it (depth, attn2, encoders)."""
+    cfg = info.transformer_config
+    encoders = tuple(e for e in ("clip_l", "clip_g", "t5xxl") if e in info.text_encoders) or ("clip_l", "clip_g", "t5xxl")
+    spec = ArchSpec.sd3(
+        int(cfg["num_layers"]), attn2_blocks=cfg.get("dual_attention_layers") or (), qk_norm=bool(cfg.get("qk_norm")),
+        text_encoders=encoders,  # type: ignore[arg-type]
+    )
+    return arch_name(spec)
 
 
 def _check_text_encoder(name: str, path: Path, header: Mapping[str, tuple[int, ...]]) -> None:

@@ -1,6 +1,6 @@
 """A faithful stand-in for sd-scripts' `*_train_network.py` at 48d368fa, built from the recorded behaviour.
 
-- argparse built from the recorded flag list (shared/fixtures/kohya/sd3_train_network_flags.tsv): an unknown
+- argparse built from the recorded flag list (tests/fixtures/kohya/sd3_train_network_flags.tsv): an unknown
   flag ends like the real one, `error: unrecognized arguments: ...` and exit 2; `--config_file` keys are
   flattened and NOT checked, CLI overrides file (read_config_from_file).
 - `--dataset_config` validated by a voluptuous schema written from library/config_util.py (DreamBooth + dropout):
@@ -14,7 +14,7 @@
   after `--resume` the step counter restarts at 0 while epochs continue (as recorded).
 - STANDIN_SCHEMA_DROP = keys the dataset schema lacks (an older sd-scripts); STANDIN_FLAGS_DROP = flags argparse lacks.
 - STANDIN_FAIL = oom | arch | nan | model | kill | hang | bnb_missing, at step STANDIN_FAIL_AT (default 1).
-Environment: STANDIN_FIXTURES = path of shared/fixtures/kohya (required).
+Environment: STANDIN_FIXTURES = path of tests/fixtures/kohya (required).
 """
 
 from __future__ import annotations
