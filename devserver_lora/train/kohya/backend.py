@@ -116,8 +116,8 @@ class KohyaBackend:
                     hint="it stopped before the first checkpoint; start it again with `run`",
                     diagnosis="no_state",
                 )
-        attempt = _Attempt(root, len(ledger["attempts"]) + 1, offset)
-        attempt.dir.mkdir(parents=True, exist_ok=True)
+        attempt = _Attempt(root, _next_run_index(root, ledger), offset)
+        attempt.dir.mkdir()  # never exist_ok: sd-scripts would overwrite the saved states of an earlier attempt
         ledger["attempts"].append({"dir": attempt.dir.name, "offset": offset,
                                    "resume_from": str(resume_state) if resume_state else None})
         atomic_write_json(root / "attempts.json", ledger)
@@ -383,16 +383,52 @@ def _record_child(job: Any, pid: int) -> None:
         job.append_event(LogEvent(level="warning", message=f"could not record the trainer pid: {exc}"))
 
 
+_RUN_DIR = re.compile(r"^run-(?P<index>[1-9]\d{0,8})$")
+
+
 def _read_ledger(root: Path) -> dict:
+    """attempts.json: which run-N/ folders exist and at which step each began. No file: no attempt yet.
+
+    A damaged ledger is refused, never read as empty: an empty ledger would make `resume` report no saved
+    state and lose the step offsets that name the checkpoints of every earlier attempt.
+    """
     path = root / "attempts.json"
-    if path.is_file():
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            if isinstance(data.get("attempts"), list):
-                return data
-        except (OSError, json.JSONDecodeError, AttributeError):
-            pass
-    return {"attempts": []}
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return {"attempts": []}
+    except OSError as exc:
+        raise _ledger_error(path, f"cannot be read ({exc.strerror or exc})") from exc
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _ledger_error(path, f"is not valid JSON ({exc})") from exc
+    attempts = data.get("attempts") if isinstance(data, dict) else None
+    if not isinstance(attempts, list):
+        raise _ledger_error(path, 'has no "attempts" list')
+    for i, entry in enumerate(attempts):
+        ok = (isinstance(entry, dict) and isinstance(entry.get("dir"), str) and _RUN_DIR.match(entry["dir"])
+              and isinstance(entry.get("offset", 0), int) and entry.get("offset", 0) >= 0)
+        if not ok:
+            raise _ledger_error(path, f"attempt {i + 1} is not a run-N folder with a step offset: {entry!r}"[:300])
+    return data
+
+
+def _ledger_error(path: Path, what: str) -> BackendError:
+    return BackendError(
+        f"the Kohya attempt ledger {path} {what}; nothing was started or changed",
+        hint=f"restore attempts.json from a backup to resume. Without it the saved states in {path.parent}/run-*/ "
+        "cannot be resumed with the right step numbers: rename the file (e.g. to attempts.json.damaged) and `run` "
+        "the job again to train from step 0 in a new run folder (the earlier run folders are kept)",
+        diagnosis="ledger_damaged",
+    )
+
+
+def _next_run_index(root: Path, ledger: dict) -> int:
+    """One past every run-N/ the ledger names or the disk holds: a run folder is never reused."""
+    taken = [int(m["index"]) for m in (_RUN_DIR.match(e["dir"]) for e in ledger["attempts"]) if m]
+    taken += [int(m["index"]) for m in (_RUN_DIR.match(p.name) for p in root.iterdir()) if m]
+    return max(taken, default=0) + 1
 
 
 def _last_state(root: Path, ledger: dict, output_name: str) -> tuple[Path | None, int]:
