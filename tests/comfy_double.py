@@ -42,6 +42,7 @@ from comfy_double_rules import (
     node_state,
     output_nodes,
     preview_frame,
+    prompt_error,
     render_png,
     sd3_workflow,
     signature,
@@ -274,7 +275,7 @@ class ComfyDouble:
             headers={"Content-Disposition": f'filename="{key[2]}"'},
         )
 
-    # --- POST /prompt and validation (bodies as recorded) ---
+    # --- POST /prompt and validation (bodies built by the rules, compared with the recorded ones by the tests) ---
 
     async def _post_prompt(self, request: web.Request) -> web.Response:
         try:
@@ -283,7 +284,7 @@ class ComfyDouble:
             body = {}
         self.submissions.append(body)
         if "prompt" not in body:
-            return web.json_response(fixture("post_prompt_400_no_prompt.json")["response"], status=400)
+            return web.json_response(prompt_error("no_prompt", "No prompt provided", "No prompt provided"), status=400)
         prompt = body["prompt"]
         refused = validate_prompt(self.object_info, self._live_object_info(), prompt)
         if refused is not None:

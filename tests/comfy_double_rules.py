@@ -96,27 +96,25 @@ def output_nodes(object_info: dict, prompt: dict) -> list[str]:
     """Ids of the nodes ComfyUI runs for their own sake (output_node in object_info)."""
     return [nid for nid, node in prompt.items() if object_info.get(node.get("class_type"), {}).get("output_node")]
 
+def prompt_error(kind: str, message: str, details: str = "") -> dict:
+    """A graph-level 400 body of POST /prompt (execution.validate_prompt's shape: no node errors)."""
+    return {"error": {"type": kind, "message": message, "details": details, "extra_info": {}}, "node_errors": {}}
+
+
 def validate_prompt(object_info: dict, live_info: dict, prompt: Any) -> dict | None:
     """ComfyUI's 400 body for a prompt it would refuse, else None (`live_info`: object_info with model lists)."""
     for nid, node in prompt.items():
         if not isinstance(node, dict) or "class_type" not in node:
-            return {
-                "error": {
-                    "type": "invalid_prompt",
-                    "message": "Cannot execute because a node is missing the class_type property.",
-                    "details": f"Node ID '#{nid}'",
-                    "extra_info": {},
-                },
-                "node_errors": {},
-            }
+            return prompt_error(
+                "invalid_prompt", "Cannot execute because a node is missing the class_type property.", f"Node ID '#{nid}'"
+            )
         if node["class_type"] not in object_info:
-            body = fixture("post_prompt_400_unknown_class_type.json")["response"]
-            body["error"]["message"] = f"Cannot execute because node {node['class_type']} does not exist."
-            body["error"]["details"] = f"Node ID '#{nid}'"
-            return body
+            return prompt_error(
+                "invalid_prompt", f"Cannot execute because node {node['class_type']} does not exist.", f"Node ID '#{nid}'"
+            )
     outputs = output_nodes(object_info, prompt)
     if not outputs:
-        return fixture("post_prompt_400_no_outputs.json")["response"]
+        return prompt_error("prompt_no_outputs", "Prompt has no outputs")
     info = live_info
     node_errors: dict[str, dict] = {}
     for out in outputs:

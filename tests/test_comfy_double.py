@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import httpx
 import pytest
@@ -188,3 +189,12 @@ def test_misc_endpoints_and_api_alias(double: ComfyDouble) -> None:
         assert http.get(double.url + "/history/unknown").json() == {}
         assert http.post(double.url + "/free", json={"unload_models": True}).status_code == 200
         assert http.get(double.url + "/models/loras").json() == json.loads((COMFY_FIXTURES / "models_loras.json").read_text())
+
+
+def test_the_double_builds_its_400_bodies_by_rule_not_from_the_recording() -> None:
+    """The two tests above compare the double's 400 bodies with the recorded ones; that means something only while
+    the double does not answer with the recording itself."""
+    here = Path(__file__).resolve().parent
+    sources = {name: (here / name).read_text(encoding="utf-8") for name in ("comfy_double.py", "comfy_double_rules.py")}
+    for name, text in sources.items():
+        assert "post_prompt_400" not in text, f"{name} replays a recorded 400 body"
