@@ -46,6 +46,19 @@ def devserver_sample(name: str) -> Path:
     pytest.skip(f"{NEEDS_DEVSERVER}: {name}")
 
 
+# The DevServer commit the contract tests (`pytest -m devserver`) are written against.
+DEVSERVER_COMMIT = "08a54d7225731603985098fe1ecd134d0e5b8cbc"
+
+
+def devserver_checkout() -> Path:
+    """The DevServer checkout named by DEVSERVER_DIR (its root, holding devserver/); skips the test when none."""
+    checkout = os.environ.get("DEVSERVER_DIR")
+    root = Path(checkout) if checkout else None
+    if root is None or not (root / "devserver" / "schemas" / "engine" / "backend_router.py").is_file():
+        pytest.skip(f"{NEEDS_DEVSERVER}: set DEVSERVER_DIR to a checkout of DevServer at {DEVSERVER_COMMIT[:8]}")
+    return root
+
+
 def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 

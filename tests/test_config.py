@@ -59,15 +59,24 @@ def load_output_chunk_from(raw: dict):
     return parse_output_chunk(raw)
 
 
-def test_shipped_yoruba_config_has_every_devserver_field() -> None:
-    sample = _sample("sd35_large.json")
+def _strings(value: object) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _strings(v)]
+    if isinstance(value, list):
+        return [t for v in value for t in _strings(v)]
+    return []
+
+
+def test_shipped_yoruba_config_is_our_own_and_has_what_devserver_reads() -> None:
     shipped = json.loads((SCHEMAS / "configs/output/sd35_large_yoruba.json").read_text(encoding="utf-8"))
-    assert set(sample) <= set(shipped)
-    assert set(sample["parameters"]) <= set(shipped["parameters"])
-    assert set(sample["meta"]) <= set(shipped["meta"])
+    # What DevServer's ConfigLoader keeps, and every placeholder its output_image proxy chunk fills.
+    assert {"pipeline", "name", "description", "category", "parameters", "media_preferences", "meta"} <= set(shipped)
+    assert {"OUTPUT_CHUNK", "WIDTH", "HEIGHT", "STEPS", "CFG", "SAMPLER", "SCHEDULER", "SEED",
+            "NEGATIVE_PROMPT"} <= set(shipped["parameters"])
     assert shipped["parameters"]["OUTPUT_CHUNK"] == "output_image_sd35_large"
-    assert shipped["meta"]["backend_type"] == "comfyui"
-    assert shipped["name"]["en"] != sample["name"]["en"] and shipped["description"]["de"] != sample["description"]["de"]
+    assert shipped["meta"]["backend_type"] == "comfyui" and shipped["meta"]["base_model"] == "sd35_large"
     cfg = load_output_config(SCHEMAS / "configs/output/sd35_large_yoruba.json")
     assert [(s.name, s.strength_model, s.clip_strength) for s in cfg.loras] == [
         ("yorubaheritage_sd35.safetensors", 0.85, 0.85)
@@ -75,6 +84,13 @@ def test_shipped_yoruba_config_has_every_devserver_field() -> None:
     # Both spellings are present so DevServer's own loader keeps the LoRA.
     assert shipped["lora"]["name"] == shipped["parameters"]["loras"][0]["name"]
     assert shipped["parameters"]["loras"][0]["strength"] == 0.85
+
+
+def test_shipped_yoruba_config_shares_no_text_with_devserver_sd35_large() -> None:
+    sample = _sample("sd35_large.json")
+    shipped = (SCHEMAS / "configs/output/sd35_large_yoruba.json").read_text(encoding="utf-8")
+    theirs = [t for t in _strings(sample) if len(t) >= 20 and " " in t]  # prose, not identifiers (facts)
+    assert theirs and [t for t in theirs if t in shipped] == []
 
 
 def _base_config() -> dict:
@@ -101,7 +117,7 @@ def test_writing_emits_both_spellings_and_reads_back(tmp_path: Path) -> None:
         LoraSpec(name="a.safetensors", strength_model=0.7, strength_clip=0.5, trigger_words=["yoruba heritage"]),
         LoraSpec(name="styles/b.safetensors", strength=0.3),
     ]
-    cfg = make_lora_output_config("sd35_large_test", specs, title_en="Test", title_de="Test DE")
+    cfg = make_lora_output_config("sd35_large_test", specs, title="Test")
     path = write_output_config(cfg, tmp_path / "sd35_large_test.json")
     data = json.loads(path.read_text(encoding="utf-8"))
     assert [item["name"] for item in data["lora"]] == ["a.safetensors", "styles/b.safetensors"]
@@ -110,7 +126,7 @@ def test_writing_emits_both_spellings_and_reads_back(tmp_path: Path) -> None:
         {"name": "styles/b.safetensors", "strength": 0.3, "strength_model": 0.3, "strength_clip": 0.3},
     ]
     assert load_output_config(path).loras == specs
-    assert data["name"] == {"en": "Test", "de": "Test DE"}
+    assert data["name"] == {"en": "SD 3.5 Large + LoRA “Test”", "de": "SD 3.5 Large + LoRA „Test“"}
     # DevServer's loader keeps only these keys; the LoRAs must survive in what it keeps.
     kept = {k: data[k] for k in ("pipeline", "name", "description", "category", "parameters", "media_preferences", "meta") if k in data}
     assert parse_output_config(kept).loras == specs
@@ -119,16 +135,30 @@ def test_writing_emits_both_spellings_and_reads_back(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["sd35_large_test.json"]  # no temp file left behind
 
 
-@pytest.mark.parametrize("name", ["sd35_large_faces", "my_audio_lora", "Music_style", "video1", "barcode"])
+def test_a_config_shows_the_card_text_under_the_card_language_only() -> None:
+    spec = LoraSpec(name="adire.safetensors")
+    cfg = make_lora_output_config("sd35_large_adire", [spec], title="Adire", language="yo",
+                                  description="Àwọn aṣọ adire", tags=["aṣọ"]).to_json_dict()
+    assert cfg["description"]["yo"] == "Àwọn aṣọ adire"
+    assert "Àwọn" not in cfg["description"]["en"] + cfg["description"]["de"]  # no Yorùbá text labelled English
+    assert cfg["tags"]["yo"] == ["aṣọ"] and "aṣọ" not in cfg["tags"]["en"] + cfg["tags"]["de"]
+    english = make_lora_output_config("sd35_large_adire", [spec], title="Adire", language="en",
+                                      description="Indigo resist-dyed cloth").to_json_dict()
+    assert english["description"]["en"] == "Indigo resist-dyed cloth"
+    assert "Indigo" not in english["description"]["de"]
+
+
+@pytest.mark.parametrize("name", ["sd35_large_faces", "my_audio_lora", "Music_style", "video1", "barcode",
+                                  "sd35_p5js_look", "tonejs_lora"])
 def test_make_config_refuses_names_devserver_routes_as_non_image(name: str) -> None:
     with pytest.raises(ConfigError, match="would not route it as an image"):
-        make_lora_output_config(name, [LoraSpec(name="x.safetensors")])
+        make_lora_output_config(name, [LoraSpec(name="x.safetensors")], title="x")
 
 
 @pytest.mark.parametrize("name", ["../evil", "a/b", "", ".hidden", "x" * 200])
 def test_make_config_refuses_hostile_names(name: str) -> None:
     with pytest.raises(Exception, match="not allowed"):
-        make_lora_output_config(name, [LoraSpec(name="x.safetensors")])
+        make_lora_output_config(name, [LoraSpec(name="x.safetensors")], title="x")
 
 
 def _errors_for(data: dict) -> list:
@@ -232,7 +262,10 @@ def _tree(tmp_path: Path) -> Path:
 def test_schemas_tree_resolves_like_devserver(tmp_path: Path) -> None:
     tree = SchemasTree.load(_tree(tmp_path))
     assert set(tree.output_configs) == {"sd35_large", "sd35_large_yoruba"}
-    assert set(tree.chunks) == {"output_image_sd35_large"}  # the proxy chunk is not an output chunk
+    # The proxy chunk is not an output chunk; the project's own triple-CLIP chunk lies under the tree.
+    assert set(tree.chunks) == {"output_image_sd35_large", "output_image_sd35_large_triple_clip"}
+    assert tree.chunk_origins["output_image_sd35_large"].endswith("chunks/output_image_sd35_large.json")
+    assert "devserver-lora's own chunk" in tree.chunk_origins["output_image_sd35_large_triple_clip"]
     assert set(tree.pipelines) == {"single_text_media_generation"}
     resolved = tree.resolve("sd35_large_yoruba")
     assert resolved.chunk.name == "output_image_sd35_large"
@@ -243,20 +276,31 @@ def test_schemas_tree_resolves_like_devserver(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         tree.resolve("nope")
     assert "sd35_large_yoruba" in info.value.hint
+    assert tree.errors() == [] and tree.skipped_counts() == {"output configs without LoRAs": 1}
+    without_own = SchemasTree.load(tmp_path / "schemas", own_chunks=False)
+    assert set(without_own.chunks) == {"output_image_sd35_large"}
 
 
-def test_schemas_tree_reports_every_broken_file(tmp_path: Path) -> None:
+def test_schemas_tree_is_strict_on_lora_configs_and_their_chunks_only(tmp_path: Path) -> None:
     root = _tree(tmp_path)
     bad = json.loads((root / "configs/output/sd35_large_yoruba.json").read_text(encoding="utf-8"))
     bad["lora"]["name"] = "../x.safetensors"
     bad["parameters"].pop("loras")
     (root / "configs/output/broken.json").write_text(json.dumps(bad), encoding="utf-8")
+    garbled = json.loads((root / "configs/output/sd35_large_yoruba.json").read_text(encoding="utf-8"))
+    garbled["parameters"]["OUTPUT_CHUNK"] = "garbage"
+    (root / "configs/output/sd35_large_garbled.json").write_text(json.dumps(garbled), encoding="utf-8")
     (root / "chunks/garbage.json").write_text('{"a": 1,}', encoding="utf-8")
-    with pytest.raises(ConfigError) as info:
-        SchemasTree.load(root)
-    text = str(info.value)
+    (root / "chunks/unused_garbage.json").write_text('{"a": 1,}', encoding="utf-8")  # no LoRA config uses it
+    tree = SchemasTree.load(root)
+    text = "\n".join(map(str, tree.lora_config_problems()))
     assert "broken.json: $.lora[0].name" in text
-    assert "garbage.json" in text and "line 1, column 9" in text
+    assert "garbage.json" in text and "line 1, column 9" in text and "unused_garbage" not in text
+    with pytest.raises(ConfigError, match="not valid"):
+        tree.resolve("broken")
+    with pytest.raises(ConfigError, match="'garbage' is not a valid ComfyUI output chunk"):
+        tree.resolve("sd35_large_garbled")
+    assert tree.resolve("sd35_large_yoruba").loras  # the good config still resolves
 
 
 def test_model_copy_does_not_share_state() -> None:

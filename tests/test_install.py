@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from kohya_standin import fixtures as standin_fixtures
 from kohya_standin.build import schemas_tree, write_safetensors
 
 from devserver_lora.config.files import load_output_config
+from devserver_lora.config.make import make_lora_output_config
 from devserver_lora.config.tree import SchemasTree
 from devserver_lora.config.validate import validate_paths
 from devserver_lora.errors import ConfigError, JobError, LoraFileError
 from devserver_lora.graph.inject import inject_loras
 from devserver_lora.lora.header import read_header, tensor_bytes_equal, write_with_metadata
+from devserver_lora.lora.spec import LoraSpec
+from devserver_lora.train.families import get_family
 from devserver_lora.train.install import install_job, pick_checkpoint
 from devserver_lora.train.kohya.backend import KohyaBackend
 
@@ -165,3 +169,62 @@ def test_text_encoder_lora_gets_the_triple_clip_chunk(kohya_env):
     (loader,) = [n for n in graph.values() if n["class_type"] == "LoraLoader"]
     assert graph[loader["inputs"]["clip"][0]]["class_type"] == "TripleCLIPLoader"
     assert [p for p in validate_paths([schemas]) if p.severity == "error"] == []
+
+
+def _words(value: object) -> set[str]:
+    """Every word of every text VALUE in a config (names, descriptions, tags, provenance, LoRAs); keys are shape."""
+    import re
+
+    if isinstance(value, dict):
+        return set().union(*(_words(v) for v in value.values())) if value else set()
+    if isinstance(value, list):
+        return set().union(*(_words(v) for v in value)) if value else set()
+    return {w.casefold() for w in re.findall(r"[^\W\d_]{3,}", value)} if isinstance(value, str) else set()
+
+
+def test_each_config_is_written_from_its_own_card_and_nothing_else(kohya_env, tmp_path):
+    """Two students, two LoRAs: neither config carries a word of the other's card, trigger or file."""
+    from kohya_standin.build import make_dataset, make_job
+
+    cards = {
+        "adire": {"title": "Adire aṣọ láti Abẹ́òkúta", "description": "Àwọn aṣọ adire tí a fi indigo ṣe",
+                  "source": "fọ́tò ara wa", "rights_holder": "Kíláàsì Ọ̀gbẹ́ni Adébáyọ̀", "licence": "CC-BY-4.0",
+                  "consent": "not_applicable", "cultural_context": "aṣọ ìbílẹ̀ Yorùbá",
+                  "approved_by": "ìgbìmọ̀ àwọn òbí", "language": "yo", "tags": ["aṣọ", "àwọ̀"]},
+        "ruhr": {"title": "Zechen im Ruhrgebiet", "description": "Fördertürme und Halden, fotografiert von der 9b",
+                 "source": "eigene Fotos der Klasse", "rights_holder": "Gesamtschule Bochum", "licence": "eigene Werke",
+                 "consent": "yes", "cultural_context": "Industriekultur nach dem Bergbau",
+                 "approved_by": "Fachschaft Kunst", "language": "de", "tags": ["Förderturm", "Halde"]},
+    }
+    schemas = schemas_tree(kohya_env.root / "schemas")
+    configs = {}
+    for trigger, card in cards.items():
+        dataset = make_dataset(tmp_path / f"ds_{trigger}", trigger=trigger)
+        (dataset / "card.json").write_text(json.dumps(card), encoding="utf-8")
+        job = make_job(kohya_env.jobs_dir, dataset, output_name=f"{trigger}_lora",
+                       overrides={"max_train_steps": 2, "save_every_n_steps": 2, "repeats": 1, "batch_size": 1})
+        KohyaBackend(kohya_env.settings, progress_interval_s=0).run(job)
+        job.set_state("done")
+        result = install_job(job, loras_dir=kohya_env.root / "loras", schemas_dir=schemas)
+        assert not any("language" in w for w in result.warnings)
+        configs[trigger] = json.loads(Path(result.config_path).read_text(encoding="utf-8"))
+    adire, ruhr = configs["adire"], configs["ruhr"]
+    # Each config shows its own card, under the card's language only.
+    assert adire["description"]["yo"] == cards["adire"]["description"] and "yo" not in adire["name"]
+    assert ruhr["description"]["de"] == cards["ruhr"]["description"]
+    assert cards["ruhr"]["description"] not in json.dumps(ruhr["description"]["en"], ensure_ascii=False)
+    assert adire["tags"]["yo"] == ["aṣọ", "àwọ̀"] and "aṣọ" not in adire["tags"]["en"] + adire["tags"]["de"]
+    assert adire["meta"]["provenance"]["rights_holder"] == cards["adire"]["rights_holder"]
+    assert ruhr["meta"]["provenance"]["consent"] == "yes" and ruhr["lora"]["trigger_words"] == ["ruhr"]
+    assert adire["parameters"]["loras"][0]["name"] == "adire_lora.safetensors"
+    # Nothing of one reaches the other (the template's own words are the only words they share).
+    template = _words(make_lora_output_config(
+        "sd35_large_x", [LoraSpec(name="x.safetensors")], title="x", model_label=get_family("sd35_large").label,
+        base_model=adire["meta"]["base_model"], output_chunk=adire["parameters"]["OUTPUT_CHUNK"],
+        provenance={"trained_on": adire["meta"]["base_model"]}).to_json_dict())
+    own_adire = _words(adire) - template
+    own_ruhr = _words(ruhr) - template
+    assert own_adire and own_ruhr and not own_adire & own_ruhr, own_adire & own_ruhr
+    assert "ruhr" not in _words(adire) and "adire" not in _words(ruhr)
+    assert not {"yoruba", "heritage", "🪘"} & (_words(adire) | _words(ruhr))
+    assert "🪘" not in json.dumps(adire, ensure_ascii=False) + json.dumps(ruhr, ensure_ascii=False)

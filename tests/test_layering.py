@@ -18,8 +18,8 @@ PACKAGE = ROOT / "devserver_lora"
 CORE_LAYERS: list[set[str]] = [
     {"", "errors", "paths", "safe_json"},
     {"lora", "lora.spec", "lora.header", "lora.keys", "lora.triggers", "graph", "graph.api", "config"},
-    {"lora.report", "config.models", "config.chunks"},
-    {"lora.fit", "config.files", "graph.inject", "graph.check"},
+    {"lora.report", "config.models", "config.kinds", "config.chunks"},
+    {"lora.fit", "config.files", "graph.inject", "graph.model", "graph.check"},
     {"config.make", "config.tree", "config.validate"},
     {"comfy"},
     {"devserver"},

@@ -10,10 +10,13 @@ from pathlib import Path
 import jsonschema
 import pytest
 from conftest import SCHEMAS, devserver_sample
+from devserver_tree import unmodelled_files, write_devserver_tree
 
 from devserver_lora.cli import build_parser, main
 from devserver_lora.config.chunks import sd35_chunk
-from devserver_lora.config.validate import export_json_schemas, validate_paths
+from devserver_lora.config.tree import SchemasTree
+from devserver_lora.config.validate import export_json_schemas, validate_paths, validate_tree
+from devserver_lora.errors import ConfigError
 
 YORUBA = SCHEMAS / "configs/output/sd35_large_yoruba.json"
 
@@ -64,10 +67,11 @@ def test_json_schema_accepts_devserver_real_files() -> None:
 
 
 def test_samples_and_shipped_files_pass() -> None:
-    problems = validate_paths([*_real_devserver_files(), SCHEMAS])
-    assert [p for p in problems if p.severity == "error"] == []
-    # The upstream sd35_large points at a Diffusers chunk we do not have: a warning, not an error.
-    assert [(Path(p.file).name, p.code) for p in problems] == [("sd35_large.json", "chunk_not_found")]
+    report = validate_tree([*_real_devserver_files(), SCHEMAS])
+    # DevServer's own sd35_large renders through a Diffusers chunk and carries no LoRA: skipped, not judged.
+    assert report.problems == []
+    assert report.judged == 4  # our example, DevServer's SD3.5 chunk it names, cooked_negatives' LoRA, our chunk
+    assert report.skipped == {"output configs without LoRAs": 1, "proxy chunks": 1, "pipelines": 1}
 
 
 def _codes(problems: list) -> list[tuple[str, str, str]]:
@@ -94,6 +98,10 @@ def test_broken_copies_are_rejected_precisely(tmp_path: Path) -> None:
 
     _write(bad, "sd35_large_faces.json", _yoruba())
 
+    unmirrored = _yoruba()
+    unmirrored["parameters"].pop("loras")
+    _write(bad, "sd35_large_unmirrored.json", unmirrored)
+
     problems = validate_paths([bad, SCHEMAS])
     codes = _codes(problems)
     assert ("sd35_large_hostile.json", "$.lora[0].name", "value_error") in codes
@@ -101,7 +109,10 @@ def test_broken_copies_are_rejected_precisely(tmp_path: Path) -> None:
     assert ("sd35_large_nan.json", "$.lora[0].strength_model", "value_error") in codes
     assert ("sd35_large_diffusers_lora.json", "$.parameters.OUTPUT_CHUNK", "chunk_not_comfyui") in codes
     assert ("sd35_large_faces.json", "$", "name_routes_non_image") in codes
-    assert len(codes) == 5, codes
+    # DevServer's config loader drops a top-level `lora`: without the mirror the config renders without its LoRA.
+    assert ("sd35_large_unmirrored.json", "$.parameters.loras", "lora_not_mirrored") in codes
+    assert ("sd35_large_nan.json", "$.parameters.loras", "lora_not_mirrored") in codes
+    assert len(codes) == 7, codes
     messages = {p.code + ":" + Path(p.file).name: p.message for p in problems}
     assert "climb" in " ".join(p.hint or p.message for p in problems if "hostile" in p.file) or any(
         "'..' part" in p.message for p in problems
@@ -126,18 +137,27 @@ def test_chunk_mapping_to_missing_node_and_bad_interception_lora(tmp_path: Path)
 
 
 def test_lora_config_without_its_chunk_is_an_error(tmp_path: Path) -> None:
-    _write(tmp_path, "sd35_large_yoruba.json", _yoruba())
+    lost = _yoruba()
+    lost["parameters"]["OUTPUT_CHUNK"] = "output_image_nowhere"
+    _write(tmp_path, "sd35_large_lost.json", lost)
     codes = _codes(validate_paths([tmp_path]))
-    assert codes == [("sd35_large_yoruba.json", "$.parameters.OUTPUT_CHUNK", "chunk_not_found")]
+    assert codes == [("sd35_large_lost.json", "$.parameters.OUTPUT_CHUNK", "chunk_not_found")]
+
+
+def test_a_chunk_only_the_project_layer_has_is_a_labelled_warning(tmp_path: Path) -> None:
+    # Without DevServer's tree, the example is judged against the project's stand-in for DevServer's chunk.
+    problems = validate_paths([YORUBA])
+    assert [(p.severity, p.code) for p in problems] == [("warning", "chunk_from_own_layer")]
+    assert "stand-in for DevServer's output_image_sd35_large" in problems[0].message
 
 
 def test_cli_validate_exit_codes_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["validate", str(SCHEMAS)]) == 0
-    capsys.readouterr()
+    assert "checked 2 file(s): judged 2, skipped 0" in capsys.readouterr().out
     _write(tmp_path, "sd35_large_faces.json", _yoruba())
     assert main(["validate", str(tmp_path), str(SCHEMAS), "--json"]) == 1
     report = json.loads(capsys.readouterr().out)
-    assert report["ok"] is False
+    assert report["ok"] is False and (report["checked"], report["judged"], report["skipped"]) == (3, 3, {})
     assert report["problems"][0]["code"] == "name_routes_non_image"
     assert main(["validate", str(tmp_path / "missing.json")]) == 1
     assert "does not exist" in capsys.readouterr().err
@@ -163,3 +183,44 @@ def test_help_everywhere() -> None:
         )
         assert result.returncode == 0, (name, result.stderr)
         assert "usage:" in result.stdout
+
+
+def test_a_devserver_shaped_tree_validates_with_what_it_does_not_model(tmp_path: Path) -> None:
+    root = write_devserver_tree(tmp_path / "schemas")
+    expected = unmodelled_files(root)
+    noname = sd35_chunk("output_image_noname")
+    del noname["name"]  # DevServer's ChunkBuilder names such a chunk after its file
+    _write(root / "chunks", "output_image_noname.json", noname)
+    cfg = _yoruba()
+    cfg["parameters"]["OUTPUT_CHUNK"] = "output_image_noname"
+    _write(root / "configs/output", "sd35_large_noname.json", cfg)
+    report = validate_tree([root])
+    assert report.errors() == [], report.errors()
+    assert {k: report.skipped[k] for k in expected} == expected
+    assert report.judged == 3  # the LoRA config, the chunk it renders through, the SD3.5 chunk we wrote
+    assert main(["validate", str(root)]) == 0
+    tree = SchemasTree.load(root)
+    assert tree.errors() == [] and tree.resolve("sd35_large_noname").chunk.name == "output_image_noname"
+
+
+def test_lora_configs_devserver_would_not_render_are_errors(tmp_path: Path) -> None:
+    root = write_devserver_tree(tmp_path / "schemas")
+    unmodelled_files(root)
+    python = _yoruba()
+    python["parameters"]["OUTPUT_CHUNK"] = "output_music_demo"  # has chunks/output_music_demo.py
+    _write(root / "configs/output", "sd35_large_python.json", python)
+    renamed = _yoruba() | {"name": "something_else"}
+    _write(root / "configs/output", "sd35_large_renamed.json", renamed)
+    nopipe = _yoruba() | {"pipeline": "no_such_pipeline"}
+    _write(root / "configs/output", "sd35_large_nopipe.json", nopipe)
+    p5 = _yoruba()
+    _write(root / "configs/output", "sd35_p5js_look.json", p5)
+    codes = _codes(validate_paths([root]))
+    assert ("sd35_large_python.json", "$.parameters.OUTPUT_CHUNK", "chunk_is_python") in codes
+    assert ("sd35_large_renamed.json", "$.name", "registered_name_differs") in codes
+    assert ("sd35_large_nopipe.json", "$.pipeline", "pipeline_not_found") in codes
+    assert ("sd35_p5js_look.json", "$", "name_routes_non_image") in codes
+    tree = SchemasTree.load(root)
+    assert "something_else" in tree.output_configs  # registered under its string name, as DevServer does
+    with pytest.raises(ConfigError, match="Python chunk"):
+        tree.resolve("sd35_large_python")

@@ -12,9 +12,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import ComfyProtocolError, ComfyValidationError
+from ..errors import ComfyProtocolError, ComfyValidationError, LoraFileError
 from ..graph.inject import clip_text_encoders
-from ..lora.fit import ArchSpec, check_fit, resolve_arch
+from ..graph.model import GraphModel
+from ..lora.fit import ARCHS, ArchSpec, check_fit, resolve_arch
+from ..lora.report import ARCH_KEY, LoraReport
 from ..paths import safe_join
 
 
@@ -104,18 +106,55 @@ def arch_as_wired(workflow: Mapping[str, Any], node_id: str, base: ArchSpec) -> 
     return dataclasses.replace(base, text_encoders=encoders) if encoders else base
 
 
+def check_fit_in_graph(
+    workflow: Mapping[str, Any], node_id: str, lora: str | Path | LoraReport, arch: str | ArchSpec
+) -> None:
+    """Raise LoraFileError when the LoRA of loader `node_id` does not fit `arch` as the graph wires it.
+
+    The fit check is `lora.fit`'s (shapes, then each key ComfyUI would skip), with the text encoders the graph
+    really feeds that loader; a LoraLoaderModelOnly patches no text encoder, so its text-encoder keys count as
+    not loaded.
+    """
+    node = workflow[node_id]
+    class_type = str(node.get("class_type", ""))
+    name = (node.get("inputs") or {}).get("lora_name")
+    check_fit(lora, arch_as_wired(workflow, node_id, resolve_arch(arch)),
+              with_clip="modelonly" not in class_type.lower(), name=name if isinstance(name, str) else None)
+
+
 def check_fits(workflow: Mapping[str, Any], loras_dir: str | Path, arch: str | ArchSpec) -> None:
     """Raise LoraFileError when a LoRA of the graph that we can read in `loras_dir` does not fit `arch`.
 
-    The fit check is `lora.fit`'s (shapes, then each key ComfyUI would skip), judged per loader with the text
-    encoders the graph really wires to it. `arch`: a name in `ARCHS` (e.g. "sd35_large") or an `ArchSpec`.
+    `arch`: a name in `ARCHS` (e.g. "sd35_large") or an `ArchSpec`. Files not in `loras_dir` are not judged (e.g.
+    ComfyUI on another machine; the server-side list was checked already).
     """
-    base = resolve_arch(arch)
-    for node_id, class_type, name in lora_nodes_in(workflow):
+    for node_id, _, name in lora_nodes_in(workflow):
         path = safe_join(loras_dir, name, what="LoRA name")
-        if not path.is_file():
-            continue  # e.g. ComfyUI on another machine; the server-side list was checked already
-        # LoraLoaderModelOnly patches no text encoder: its text-encoder keys would not load either.
-        check_fit(
-            path, arch_as_wired(workflow, node_id, base), with_clip="modelonly" not in class_type.lower(), name=name
-        )
+        if path.is_file():
+            check_fit_in_graph(workflow, node_id, path, arch)
+
+
+def lora_model(report: LoraReport) -> tuple[str | None, str | None]:
+    """(arch, family) a LoRA was trained for: its own `devserver_lora.arch` label, else what its keys show."""
+    label = report.metadata.get(ARCH_KEY)
+    if label:
+        try:
+            return label, resolve_arch(label).family
+        except LoraFileError:
+            pass
+    family = report.family if report.family not in ("unknown", "unet") else None
+    return (report.architecture if report.architecture in ARCHS else None), family
+
+
+def model_mismatch(name: str, report: LoraReport | None, model: GraphModel | None) -> str | None:
+    """Why LoRA `name` does not belong in a graph rendering `model` (another model family), or None.
+
+    Only a clear difference counts: an unreadable LoRA, or a graph whose model nothing tells, is not judged here.
+    """
+    if report is None or model is None or model.family is None:
+        return None
+    arch, family = lora_model(report)
+    if family is None or family == model.family:
+        return None
+    return (f"LoRA {name!r} does not fit the model of this graph: it was trained for {arch or family}, but the graph "
+            f"renders {model.label()} (from {model.evidence})")

@@ -5,21 +5,26 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from rich.markup import escape
+
 from ..config.files import SHIPPED_SCHEMAS_DIR
 from ..config.tree import SchemasTree
-from ..config.validate import validate_paths, write_json_schemas
+from ..config.validate import validate_tree, write_json_schemas
 from ..console import out, print_json
 
 
 def _validate(args: argparse.Namespace) -> int:
-    problems = validate_paths(args.paths)
-    errors = [p for p in problems if p.severity == "error"]
+    report = validate_tree(args.paths)
+    problems = report.problems
+    errors = report.errors()
     if args.json:
-        print_json({"ok": not errors, "problems": [p.as_dict() for p in problems]})
+        print_json({"ok": not errors, "checked": report.checked, "judged": report.judged,
+                    "skipped": dict(sorted(report.skipped.items())), "problems": [p.as_dict() for p in problems]})
     else:
         for p in problems:
             style = "red" if p.severity == "error" else "yellow"
-            out.print(f"[{style}]{p.severity}[/]: {p}")
+            out.print(f"[{style}]{p.severity}[/]: " + escape(str(p)))
+        out.print(escape(report.summary()))
         summary = f"{len(errors)} error(s), {len(problems) - len(errors)} warning(s)"
         out.print(f"[bold {'red' if errors else 'green'}]{summary}[/]")
     return 1 if errors else 0
@@ -33,6 +38,7 @@ def _show_config(args: argparse.Namespace) -> int:
                 "name": resolved.name,
                 "output_chunk": resolved.chunk.name,
                 "backend_type": resolved.chunk.backend_type,
+                "chunk_origin": resolved.chunk_origin,
                 "loras": [s.model_dump(mode="json") for s in resolved.loras],
                 "config": resolved.config.to_json_dict(),
             }
@@ -41,7 +47,11 @@ def _show_config(args: argparse.Namespace) -> int:
     title = resolved.config.name
     title = title.get("en", next(iter(title.values()), "")) if isinstance(title, dict) else title
     out.print(f"[bold]{resolved.name}[/]  {title}")
-    out.print(f"  chunk: {resolved.chunk.name} (backend_type {resolved.chunk.backend_type})")
+    out.print(f"  chunk: {resolved.chunk.name} (backend_type {resolved.chunk.backend_type}) from "
+              + escape(resolved.chunk_origin))
+    if not Path(resolved.chunk_origin).is_file():
+        out.print("  (no DevServer tree has it here: pass --schemas <DevServer>/devserver/schemas to use DevServer's "
+                  "own chunks)")
     if not resolved.loras:
         out.print("  LoRAs: none")
     for spec in resolved.loras:

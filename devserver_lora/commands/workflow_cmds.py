@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ..config.files import SHIPPED_SCHEMAS_DIR
 from ..console import out, print_json
@@ -12,7 +12,7 @@ from ..devserver.stage4 import Stage4Runner
 from ..errors import GraphValidationError
 from ..graph.check import load_object_info, validate_graph
 from ..lora.fit import ARCHS, fit_problems, resolve_arch
-from ..lora.report import inspect_lora
+from ..lora.report import ARCH_KEY, inspect_lora
 
 
 def build_workflow(
@@ -21,7 +21,7 @@ def build_workflow(
     *,
     prompt: str | None = None,
     loras_dir: str | None = None,
-    position: str = "prefix",
+    position: Literal["prefix", "suffix"] = "prefix",
     seed: int | None = None,
 ) -> dict[str, Any]:
     """The workflow DevServer's Stage 4 would submit for `config_name`: parameters, LoRAs and triggers applied.
@@ -72,7 +72,7 @@ def _inspect(args: argparse.Namespace) -> int:
         out.print(f"[bold]{report.path}[/]  ({report.file_size} bytes, {report.tensor_count} tensors)")
         arch = report.architecture + (f", depth {report.depth}" if report.depth else "")
         out.print(f"  format {report.format} ({report.adapter}); architecture {arch}; rank {report.rank}")
-        trained = report.metadata.get("devserver_lora.arch")
+        trained = report.metadata.get(ARCH_KEY)
         if trained:
             out.print(f"  trained on: {trained} (check with --against {trained})")
         te = ", ".join(report.text_encoders) or "none"

@@ -10,6 +10,12 @@ DevServer's Stage 4 rely on) in the project's own words, with either CLIP loader
 - "triple": TripleCLIPLoader(clip_l, clip_g, t5xxl), for LoRAs that trained the text encoders.
 
 `python -m devserver_lora.config.chunks` rewrites the shipped triple-CLIP chunk; a test keeps it in step.
+
+`own_chunks()` is the project's chunk layer. A `SchemasTree` puts it UNDER a DevServer tree: a chunk of the tree
+always wins, and a chunk taken from this layer is labelled as such wherever it is shown. It holds the triple-CLIP
+chunk and a stand-in for DevServer's `output_image_sd35_large` (dual CLIP, the same node ids and mapping keys), so
+that `show-config`, `inject` and `generate` work on the shipped example without a DevServer checkout. DevServer
+itself never sees the stand-in: every DevServer has its own `output_image_sd35_large`, and LoRA configs name that.
 """
 
 from __future__ import annotations
@@ -20,9 +26,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..paths import atomic_write_text
+from .models import SD35_CHUNK, SD35_TRIPLE_CLIP_CHUNK
 
 Clip = Literal["dual", "triple"]
-TRIPLE_CLIP_CHUNK = "output_image_sd35_large_triple_clip"
+TRIPLE_CLIP_CHUNK = SD35_TRIPLE_CLIP_CHUNK
+OWN_CHUNK_ORIGIN = "devserver-lora's own chunk (devserver_lora.config.chunks)"
+STAND_IN_ORIGIN = f"devserver-lora's stand-in for DevServer's {SD35_CHUNK} (written from ComfyUI's API format)"
 CHECKPOINT = "OfficialStableDiffusion/sd3.5_large.safetensors"
 ENCODERS = {"clip_l": "clip_l.safetensors", "clip_g": "clip_g.safetensors", "t5xxl": "t5xxl_enconly.safetensors"}
 DEFAULTS: dict[str, Any] = {
@@ -108,6 +117,16 @@ def sd35_chunk(name: str, clip: Clip = "dual", *, checkpoint: str = CHECKPOINT) 
             "recommended_resolution": "1024x1024",
             "written_by": "devserver-lora (devserver_lora.config.chunks)",
         },
+    }
+
+
+def own_chunks() -> dict[str, tuple[dict[str, Any], str]]:
+    """The project's chunk layer: name -> (chunk JSON, where it comes from, as shown to the user)."""
+    stand_in = sd35_chunk(SD35_CHUNK, "dual")
+    stand_in["meta"]["stands_in_for"] = f"DevServer's {SD35_CHUNK}, used only where no DevServer tree is given"
+    return {
+        SD35_CHUNK: (stand_in, STAND_IN_ORIGIN),
+        TRIPLE_CLIP_CHUNK: (sd35_chunk(TRIPLE_CLIP_CHUNK, "triple"), OWN_CHUNK_ORIGIN),
     }
 
 

@@ -17,7 +17,9 @@ from ..lora.spec import LoraSpec
 
 LocalizedText = str | dict[str, str]
 
-NON_IMAGE_NAME_MARKERS = ("ace", "audio", "music", "video", "code")
+# DevServer's Stage 4 guesses the media type from substrings of the config NAME
+# (schema_pipeline_routes: code|p5js|tonejs -> code, video, audio|music|ace -> audio, else image).
+NON_IMAGE_NAME_MARKERS = ("code", "p5js", "tonejs", "video", "audio", "music", "ace")
 
 # The DevServer SD3.5 chunk feeds its encoders from DualCLIPLoader(clip_g, t5xxl): no CLIP-L, and
 # CLIP-G LoRA keys map differently there, so a LoRA that trained text encoders needs all three.

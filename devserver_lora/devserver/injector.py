@@ -1,26 +1,36 @@
 """Our replacement for DevServer's `BackendRouter._inject_lora_nodes(workflow, loras) -> workflow`.
 
 Per-LoRA strength_model/strength_clip, CLIP rewired (the text encoders read the LoRA'd CLIP), UNET graphs,
-availability and fit checks, idempotent (never a second chain). Trigger words travel from the injector to the
-input-mapping wrapper inside the graph, in the injected loader's `_meta` (ComfyUI ignores `_meta`), so no state is
-shared between concurrent requests.
+availability and fit checks, idempotent (never a second chain). Each graph is judged by ITS model (`graph.model`:
+the config's `meta.base_model`, the loader's model file, its CLIP loader's type), never by one model named for all:
+a LoRA of another model family is left out of that graph (DevServer's Qwen, FLUX.2 or Wan graphs get no SD3.5
+LoRA; upstream skips every graph without a CheckpointLoaderSimple), and a LoRA of the right family whose keys do not
+fit is refused. Trigger words travel from the injector to the input-mapping wrapper inside the graph, in the
+injected loader's `_meta` (ComfyUI ignores `_meta`), so no state is shared between concurrent requests.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from ..comfy.preflight import check_fits, check_installed, installed_from_object_info, lora_nodes_in
+from ..comfy.preflight import (
+    check_fit_in_graph,
+    check_installed,
+    installed_from_object_info,
+    lora_nodes_in,
+    model_mismatch,
+)
 from ..errors import LoraFileError, WorkflowError
-from ..graph.api import NodeTypes
+from ..graph.api import NodeTypes, copy_api_graph
 from ..graph.inject import inject_loras
+from ..graph.model import GraphModel, graph_models
 from ..lora.report import LoraReport, inspect_lora
 from ..lora.spec import LoraSpec
 from ..paths import safe_join
@@ -28,15 +38,27 @@ from ..paths import safe_join
 log = logging.getLogger(__name__)
 
 TRIGGER_META_KEY = "devserver_lora_trigger_words"
+# What a LoRA entry may carry: our fields plus DevServer's own `strength`.
+KNOWN_LORA_KEYS = frozenset(LoraSpec.model_fields) | {"strength"}
 
 
-def to_specs(loras: Sequence[Any]) -> list[LoraSpec]:
-    """DevServer's `[{name, strength}]` (or ours, or LoraSpec objects) -> LoraSpec, with a teaching error."""
+def to_specs(loras: Sequence[Any], *, on_unknown_keys: Callable[[str, str], None] | None = None) -> list[LoraSpec]:
+    """DevServer's `[{name, strength}]` (or ours, or LoraSpec objects) -> LoraSpec, with a teaching error.
+
+    Strict by default. With `on_unknown_keys(key, message)`, keys neither DevServer nor we read (DevServer itself
+    reads only `name` and `strength`) are reported through it and left in the caller's entry, not read.
+    """
     specs: list[LoraSpec] = []
     for i, item in enumerate(loras or []):
         if isinstance(item, LoraSpec):
             specs.append(item)
             continue
+        if on_unknown_keys is not None and isinstance(item, Mapping):
+            extra = sorted(str(k) for k in item if k not in KNOWN_LORA_KEYS)
+            if extra:
+                on_unknown_keys(",".join(extra), f"LoRA entries carry keys it does not read: {', '.join(extra)} "
+                                "(ignored; DevServer itself reads only name and strength)")
+                item = {k: v for k, v in item.items() if k in KNOWN_LORA_KEYS}
         try:
             specs.append(LoraSpec.model_validate(item))
         except ValidationError as exc:
@@ -46,22 +68,41 @@ def to_specs(loras: Sequence[Any]) -> list[LoraSpec]:
                 f"LoRA #{i + 1} in parameters['loras'] is invalid at {where}: {first['msg']} (got {item!r})",
                 hint='write it as {"name": "file.safetensors", "strength": 0.8} or with strength_model/strength_clip',
             ) from exc
-    # The same file listed twice (config + interception meta) is applied once, first spelling wins.
+    # The same file listed twice is applied once, first spelling wins.
+    unique: dict[str, LoraSpec] = {}
+    for spec in specs:
+        unique.setdefault(spec.name, spec)
+    return list(unique.values())
+
+
+def _source_of(workflow: Mapping[str, Any], node_id: str, sources: Mapping[str, GraphModel]) -> GraphModel | None:
+    """The model source an injected loader's MODEL input comes from (walking back through LoRA loaders)."""
     seen: set[str] = set()
-    return [s for s in specs if not (s.name in seen or seen.add(s.name))]
+    link = (workflow.get(node_id) or {}).get("inputs", {}).get("model")
+    while isinstance(link, list) and len(link) == 2 and str(link[0]) not in seen:
+        src = str(link[0])
+        if src in sources:
+            return sources[src]
+        seen.add(src)
+        link = (workflow.get(src) or {}).get("inputs", {}).get("model")
+    return None
 
 
 @dataclass
 class LoraInjector:
     """Our replacement for `BackendRouter._inject_lora_nodes`, configured once at app start.
 
-    `loras_dir` lets it read the LoRA files (text-encoder keys, trigger words, the fit check); `arch` names the
-    model the fit check judges against (None: the check cannot run, and the injector says so once).
+    `loras_dir` lets it read the LoRA files (text-encoder keys, trigger words, the model they were trained on, the
+    fit check). `known_files` maps model files to the model they are (`meta.base_model` of the LoRA configs whose
+    chunks load them; see `graph.model`). `strict=True` refuses, instead of leaving out, a LoRA that does not
+    belong in the graph (what a command-line render wants; DevServer's router gets the lenient default, as
+    interception configs' LoRAs reach every output config).
     """
 
     loras_dir: Path | None = None
     object_info: Mapping[str, Any] | None = None
-    arch: Any = None
+    known_files: Mapping[str, str] = field(default_factory=dict)
+    strict: bool = False
     # name -> ((mtime_ns, size), report): a file replaced on disk is read again; a missing file is not remembered.
     _reports: dict[str, tuple[tuple[int, int], LoraReport]] = field(default_factory=dict, repr=False)
     _warned: set[str] = field(default_factory=set, repr=False)
@@ -96,7 +137,7 @@ class LoraInjector:
             if not root.is_dir():
                 raise LoraFileError(
                     f"the loras folder {root} does not exist",
-                    hint="give ComfyUI's models/loras folder (or leave it out to skip the local file checks)",
+                    hint="give the folder ComfyUI reads LoRAs from (DevServer: SwarmUI/Models/loras)",
                 )
             return sorted(p.relative_to(root).as_posix() for p in root.rglob("*.safetensors"))
         return None
@@ -107,28 +148,68 @@ class LoraInjector:
         report = self._report(spec.name)
         return list(report.trigger_words) if report is not None else []
 
-    def _check_fit(self, workflow: dict[str, Any]) -> None:
-        if self.loras_dir is None or self.arch is None:
-            missing = "no loras folder" if self.loras_dir is None else "no model (arch) named"
-            self._warn_once(
-                f"fit:{missing}",
-                f"LoRA fit check skipped ({missing}): a LoRA that does not fit the model would render without effect",
-            )
-            return
-        check_fits(workflow, self.loras_dir, self.arch)
+    def _leave_out(self, spec: LoraSpec, reason: str) -> None:
+        if self.strict:
+            raise LoraFileError(reason, hint="choose a LoRA trained for this model, or the output config of the model "
+                                             "it was trained for")
+        self._warn_once(f"skip:{spec.name}:{reason}", f"{reason}; the graph is rendered without it")
 
-    def __call__(self, workflow: Mapping[str, Any], loras: Sequence[Any]) -> dict[str, Any]:
-        specs = to_specs(loras)
+    def _select(self, workflow: Mapping[str, Any], specs: list[LoraSpec], models: Mapping[str, GraphModel],
+                reports: Mapping[str, LoraReport]) -> list[LoraSpec]:
+        """The specs that belong in this graph; the others are left out (logged) or refused (strict)."""
+        if not models:
+            for spec in specs:
+                self._leave_out(spec, f"the graph has no model source (checkpoint or diffusion model loader) for LoRA "
+                                      f"{spec.name!r}")
+            return []
+        keep = []
+        for spec in specs:
+            model = models.get(spec.target) if spec.target else (next(iter(models.values())) if len(models) == 1
+                                                                 else None)
+            reason = model_mismatch(spec.name, reports.get(spec.name), model)
+            if reason is None:
+                keep.append(spec)
+            else:
+                self._leave_out(spec, reason)
+        return keep
+
+    def _check_fit(self, out: dict[str, Any], names: set[str], models: Mapping[str, GraphModel]) -> None:
+        for node_id, _, name in lora_nodes_in(out):
+            if name not in names:
+                continue  # a LoRA the chunk itself carries is the chunk's business
+            model = _source_of(out, node_id, models)
+            report = self._report(name)
+            if report is None:
+                self._warn_once(f"fit:nofile:{name}", f"LoRA fit check skipped for {name!r}: its file is not in "
+                                f"{self.loras_dir}, so a LoRA that does not fit would render without its effect")
+            elif model is None or model.arch is None:
+                what = model.label() if model else "an unknown model"
+                self._warn_once(f"fit:nomodel:{name}:{what}", f"LoRA fit check skipped for {name!r}: the graph renders "
+                                f"{what}, which devserver-lora has no key map for")
+            else:
+                check_fit_in_graph(out, node_id, report, model.arch)
+
+    def __call__(self, workflow: Mapping[str, Any], loras: Sequence[Any], *, base_model: str | None = None
+                 ) -> dict[str, Any]:
+        """A copy of `workflow` with `loras` applied (the input is never changed). `base_model`: the output
+        config's `meta.base_model`, when the caller knows which config this graph renders."""
+        specs = to_specs(loras, on_unknown_keys=lambda key, msg: self._warn_once(f"keys:{key}", msg))
         if not specs:
-            return dict(workflow)
-        lora_info = {s.name: r for s in specs if (r := self._report(s.name)) is not None}
+            return copy_api_graph(workflow)
         types = NodeTypes.from_object_info(self.object_info) if self.object_info is not None else None
-        out = inject_loras(workflow, specs, lora_info=lora_info or None, types=types)
+        models = graph_models(workflow, base_model=base_model, known_files=self.known_files, types=types)
+        reports = {s.name: r for s in specs if (r := self._report(s.name)) is not None}
+        keep = self._select(workflow, specs, models, reports)
+        if not keep:
+            return copy_api_graph(workflow)
+        out = inject_loras(workflow, keep, lora_info=reports or None, types=types)
+        names = {s.name for s in keep}
         installed = self.installed()
         if installed is not None:
-            check_installed(out, installed)
-        self._check_fit(out)
-        by_name = {s.name: self.trigger_words(s) for s in specs}
+            check_installed({k: v for k, v in out.items() if (v.get("inputs") or {}).get("lora_name") in names},
+                            installed)
+        self._check_fit(out, names, models)
+        by_name = {s.name: self.trigger_words(s) for s in keep}
         for node_id, _, name in lora_nodes_in(out):
             words = by_name.get(name)
             if words:

@@ -3,6 +3,10 @@
 `Stage4Runner`: (output config name, Stage-2 prompt, seed, overrides) -> input mappings applied as DevServer
 does -> injection -> submission -> image bytes + metadata. It consumes `parameters['loras']` (sets it to [])
 so that nothing downstream injects them again.
+
+DevServer's facts it follows: a random seed is drawn in 0..2^31-1 (the generation route's range); the LoRAs are the
+output config's, and an interception config's `meta.loras` count only when the output config has no `loras` of its
+own (DevServer's pipeline executor: "Skipped 'loras' - already in parameters"), never both.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ..comfy.client import ComfyClient, EventCallback, Timeouts
 from ..comfy.preflight import check_installed
@@ -35,13 +39,15 @@ PARAMETER_KEYS = {
     "NEGATIVE_PROMPT": "negative_prompt",
 }
 PREVIOUS_OUTPUT = "{{PREVIOUS_OUTPUT}}"
+# DevServer's generation route draws `random.randint(0, 2147483647)` when no seed is given.
+SEED_MAX = 2**31 - 1
 
 
 def check_overrides(overrides: Mapping[str, Any], chunk: OutputChunk) -> Mapping[str, Any]:
     """Refuse an override that fills nothing in `chunk` (a typo would otherwise be ignored in silence).
 
     Accepted: DevServer's parameter names (WIDTH, STEPS, SEED, ...) whose mapping the chunk has, the chunk's own
-    mapping keys (width, denoise, ...), and `loras`.
+    mapping keys (width, denoise, ...), and `loras` (LoRAs an interception config passes on).
     """
     accepted = {k for k, v in PARAMETER_KEYS.items() if v in chunk.input_mappings} | set(chunk.input_mappings)
     unknown = sorted(k for k in overrides if k != "loras" and k not in accepted)
@@ -79,7 +85,8 @@ def apply_input_mappings(
     """Fill `workflow` in place as DevServer's `_apply_input_mappings` does; returns the seed used (if any).
 
     Per key: value from input_data, else the first target's `default`, else the prompt when the source is
-    {{PREVIOUS_OUTPUT}}; `seed: "random"` becomes a random int; the value goes to EVERY target of the key.
+    {{PREVIOUS_OUTPUT}}; `seed: "random"` becomes a random int in DevServer's range (0..2^31-1); the value goes to
+    EVERY target of the key.
     Unlike DevServer we turn numeric strings into numbers and refuse targets whose node is not in the graph.
     """
     seed: int | None = None
@@ -92,7 +99,7 @@ def apply_input_mappings(
             value = input_data.get("prompt", "")
         if key == "seed":
             if value == "random" or value == -1 or value == "-1":
-                value = (rng or random.SystemRandom()).randint(0, 2**32 - 1)
+                value = (rng or random.SystemRandom()).randint(0, SEED_MAX)
             elif value is not None:
                 value = _coerce(value, 0, key=key)
             seed = value
@@ -133,9 +140,9 @@ class Stage4Runner:
         comfy_url: str | None,
         *,
         loras_dir: str | Path | None = None,
-        arch: Any = None,
+        arch: str | None = None,
         timeouts: Timeouts | None = None,
-        trigger_position: str = "prefix",
+        trigger_position: Literal["prefix", "suffix"] = "prefix",
     ) -> None:
         """`comfy_url` None: only `prepare` (build the graph offline), as `devserver-lora inject` does."""
         self.tree = schemas if isinstance(schemas, SchemasTree) else SchemasTree.load(schemas)
@@ -145,9 +152,10 @@ class Stage4Runner:
         self.arch = arch
         self.timeouts = timeouts or Timeouts()
 
-    def arch_for(self, config: OutputConfig) -> Any:
+    def arch_for(self, config: OutputConfig) -> str | None:
         """The model the key check uses: the one given, else the config's `meta.base_model` (e.g. sd35_large)."""
-        return self.arch if self.arch is not None else config.meta.get("base_model")
+        base = self.arch if self.arch is not None else config.meta.get("base_model")
+        return base if isinstance(base, str) else None
 
     def fit_check_gap(self, config_name: str) -> str | None:
         """Why the LoRA fit check cannot run for `config_name` (None when it runs, or there is no LoRA)."""
@@ -182,13 +190,16 @@ class Stage4Runner:
                 hint="set parameters.OUTPUT_CHUNK to a ComfyUI chunk such as 'output_image_sd35_large'",
             )
         params: dict[str, Any] = resolved.config.parameters.model_dump(mode="json", exclude_none=True)
-        params.update(check_overrides(overrides or {}, chunk))
-        # Consume the LoRA list: it is applied here, and must not be applied again downstream.
-        extra = params.pop("loras", None) or []
-        params["loras"] = []
-        specs = to_specs([*resolved.loras, *extra])
-        injector = LoraInjector(self.loras_dir, None, self.arch_for(resolved.config))
-        workflow = injector(chunk.workflow, specs) if specs else dict(chunk.workflow)
+        given = dict(check_overrides(overrides or {}, chunk))
+        interception = given.pop("loras", None) or []
+        params.update(given)
+        # DevServer's rule: the output config's LoRAs (any `loras` it has, even none) win over the interception's.
+        own = bool(resolved.loras) or "loras" in params
+        specs = to_specs(resolved.loras if own else interception)
+        params["loras"] = []  # consumed: applied here, and never again downstream
+        base_model = self.arch_for(resolved.config)
+        injector = LoraInjector(self.loras_dir, strict=True)
+        workflow = injector(chunk.workflow, specs, base_model=base_model)
         if installed is not None:
             check_installed(workflow, installed)
         final_prompt = (

@@ -18,10 +18,12 @@ from .. import safe_json
 from ..errors import LoraFileError
 from .header import TensorInfo, read_header
 
-__all__ = ["LoraReport", "TRIGGER_WORDS_KEY", "describe_lora", "inspect_lora"]
+__all__ = ["ARCH_KEY", "LoraReport", "TRIGGER_WORDS_KEY", "describe_lora", "inspect_lora"]
 
-# The product's own metadata key: a JSON list of trigger words, written at install time.
+# The product's own metadata keys: a JSON list of trigger words, written at install time, and the model the LoRA
+# was trained on (`lora.fit.arch_name`, e.g. "sd35_large"), written by the trainers.
 TRIGGER_WORDS_KEY = "devserver_lora.trigger_words"
+ARCH_KEY = "devserver_lora.arch"
 
 Format = Literal["kohya", "diffusers", "peft", "onetrainer", "comfy", "lycoris", "mixed", "unknown"]
 

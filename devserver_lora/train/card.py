@@ -60,7 +60,21 @@ class DatasetCard(BaseModel):
     consent: Consent = Field(description="consent of people depicted: yes / no / not_applicable (no people)")
     cultural_context: str = Field(min_length=1, description="what the images show and where they come from")
     approved_by: str = Field(min_length=1, description="who approved this use (community, teacher, curator)")
+    language: str | None = Field(
+        None, pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$",
+        description="language of title, description and tags (BCP 47: de, en, yo, ...); an output config shows them "
+        "under this language only")
+    tags: list[str] = Field(default_factory=list, max_length=30, description="keywords, in the card's language")
     per_image: dict[str, ImageRights] = Field(default_factory=dict)
+
+    @field_validator("tags", mode="before")
+    @classmethod
+    def _tag_list(cls, value: object) -> object:
+        if isinstance(value, str):  # the --tags flag: "adire, indigo"
+            value = value.split(",")
+        if isinstance(value, list):  # blank entries dropped; anything not a string is left for pydantic to refuse
+            return [t.strip() if isinstance(t, str) else t for t in value if not isinstance(t, str) or t.strip()]
+        return value
 
     @field_validator("title", "description", "source", "rights_holder", "licence", "cultural_context", "approved_by")
     @classmethod
@@ -113,6 +127,10 @@ class DatasetCard(BaseModel):
             f"{METADATA_PREFIX}cultural_context": self.cultural_context,
             f"{METADATA_PREFIX}approved_by": self.approved_by,
         }
+        if self.language:
+            meta[f"{METADATA_PREFIX}language"] = self.language
+        if self.tags:
+            meta[f"{METADATA_PREFIX}tags"] = json.dumps(self.tags, ensure_ascii=False)
         if self.per_image:
             meta[f"{METADATA_PREFIX}per_image"] = json.dumps(
                 {k: v.model_dump(exclude_none=True) for k, v in sorted(self.per_image.items())},

@@ -7,8 +7,10 @@
 3. copy it into the loras folder with provenance in its header (dataset card, plan, trigger words, following
    the `modelspec.*` / `ss_*` conventions plus `devserver_lora.*`): tensor bytes identical, atomic, never
    replacing a file (a `-2` suffix instead);
-4. write `configs/output/<base>_<name>.json` (top-level `lora` + `parameters.loras`), validated against the
-   schemas folder's chunks before it is written, never replacing an existing config.
+4. write `configs/output/<base>_<name>.json` (top-level `lora` + `parameters.loras`) from a neutral template and
+   THIS LoRA's dataset card (title, description and tags under the card's language, trigger words, provenance in
+   `meta.provenance`), never from another LoRA's config; validated against the schemas folder's chunks before it is
+   written, never replacing an existing config.
 """
 
 from __future__ import annotations
@@ -21,16 +23,17 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from ..config.files import SHIPPED_SCHEMAS_DIR, write_output_config
+from ..config.chunks import chunk_json, own_chunks
+from ..config.files import write_output_config
 from ..config.make import make_lora_output_config
 from ..config.models import NON_IMAGE_NAME_MARKERS, SD35_CHUNK, SD35_TRIPLE_CLIP_CHUNK, check_image_config_name
 from ..config.validate import validate_paths
 from ..errors import ConfigError, JobError, LoraFileError
 from ..lora.fit import check_fit
 from ..lora.header import read_header, write_with_metadata
-from ..lora.report import inspect_lora
+from ..lora.report import ARCH_KEY, inspect_lora
 from ..lora.spec import LoraSpec
-from ..paths import atomic_write_bytes, check_simple_name
+from ..paths import atomic_write_text, check_simple_name
 from .card import DatasetCard
 from .families import get_family
 
@@ -87,7 +90,6 @@ def pick_checkpoint(job: Any, epoch: int | None = None, checkpoint: str | None =
     raise JobError(f"job {job.id} has no checkpoint for epoch {epoch}", hint=f"checkpoints: {available}")
 
 
-ARCH_KEY = f"{PREFIX}arch"
 NO_CARD = "none"
 
 
@@ -155,18 +157,29 @@ def _check_config_name(name: str) -> str:
     return name
 
 
-def _chunks_dir(schemas_dir: Path) -> Path:
-    own = schemas_dir / "chunks"
-    return own if own.is_dir() and any(own.glob("*.json")) else SHIPPED_SCHEMAS_DIR / "chunks"
-
-
 def ensure_chunk(schemas_dir: Path, chunk_name: str) -> Path | None:
-    """Copy a chunk this product ships into DevServer's chunks/ if it is not there; never replace one."""
+    """Write one of the project's own chunks into DevServer's chunks/ if it is not there; never replace one."""
     target = schemas_dir / "chunks" / f"{chunk_name}.json"
     if target.exists():
         return None
-    shipped = SHIPPED_SCHEMAS_DIR / "chunks" / f"{chunk_name}.json"
-    return atomic_write_bytes(target, shipped.read_bytes())
+    chunk, _ = own_chunks()[chunk_name]
+    written = atomic_write_text(target, chunk_json(chunk))
+    written.chmod(0o644)  # DevServer may run as another user; atomic writes start as 0600
+    return written
+
+
+def provenance(job: Any, card: DatasetCard | None, lora_file: str, base_model: str) -> dict[str, Any]:
+    """`meta.provenance` of the config: this LoRA's dataset card and how it was made, nothing of any other LoRA."""
+    plan = job.plan
+    out: dict[str, Any] = {"lora_file": lora_file, "trained_on": base_model, "job_id": job.id,
+                           "trigger_words": [plan.trigger] if plan.trigger else []}
+    if card is None:
+        out["card"] = NO_CARD
+    else:
+        out.update(card.model_dump(mode="json", exclude={"per_image", "tags", "language"}, exclude_none=True))
+        if card.per_image:
+            out["images_with_own_rights"] = len(card.per_image)
+    return out
 
 
 def write_config(
@@ -177,32 +190,31 @@ def write_config(
     config_name: str,
     strength: float,
     trigger_words: list[str],
-    output_chunk: str | None = None,
-    base_model: str | None = None,
+    output_chunk: str,
+    base_model: str,
 ) -> Path:
-    """Validate the new output config in a staging copy, then write it (refusing to replace one)."""
+    """Write the LoRA's output config (neutral template + its own dataset card), validated first in a staging copy
+    against DevServer's chunks; never replacing an existing config."""
     plan = job.plan
     target = schemas_dir / "configs" / "output" / f"{config_name}.json"
     if target.exists():
         raise ConfigError(f"output config {target} already exists",
                           hint="choose another name with --config-name; an existing config is never replaced")
-    title = plan.output_name.replace("_", " ")
-    try:
-        card = job.card
-        description = f"{get_family(plan.family).label} with the LoRA '{title}': {card.description}"
-    except JobError:
-        description = f"{get_family(plan.family).label} with the LoRA '{title}'"
+    card = job_card(job)
     spec = LoraSpec(name=lora_file, strength_model=strength, strength_clip=strength,
-                    trigger_words=tuple(trigger_words) or None)
+                    trigger_words=tuple(trigger_words) or None, target=None)
     cfg = make_lora_output_config(
-        config_name, [spec], title_en=f"SD 3.5 Large + {title}", title_de=f"SD 3.5 Large + {title}",
-        description_en=description, description_de=description, output_chunk=output_chunk, base_model=base_model,
+        config_name, [spec], title=card.title if card else plan.output_name.replace("_", " "),
+        model_label=get_family(plan.family).label, base_model=base_model, output_chunk=output_chunk,
+        language=card.language if card else None, description=card.description if card else None,
+        tags=card.tags if card else (), provenance=provenance(job, card, lora_file, base_model),
     )
     staging = Path(job.work_dir) / "install" / "schemas"
     if staging.exists():
         shutil.rmtree(staging)
     staged = write_output_config(cfg, staging / "configs" / "output" / f"{config_name}.json")
-    problems = [p for p in validate_paths([staged, _chunks_dir(schemas_dir)]) if p.severity == "error"]
+    chunks = schemas_dir / "chunks"
+    problems = [p for p in validate_paths([staged, *([chunks] if chunks.is_dir() else [])]) if p.severity == "error"]
     if problems:
         raise ConfigError(f"the generated output config {config_name} does not validate", problems)
     written = write_output_config(cfg, target)
@@ -240,6 +252,11 @@ def install_job(
             f"job {job.id} has no dataset card: installed with '{NO_CARD}' recorded as its card; say where the "
             f"images come from and who may use them in {job.dir / 'card.json'} (fields: "
             "`.venv/bin/python -m devserver_lora.train card --help`)"
+        )
+    elif schemas_dir is not None and not card.language:
+        warnings.append(
+            "the dataset card does not say which language its title and description are in (field `language`), so "
+            "the output config shows the card's description under no interface language (it is in meta.provenance)"
         )
     name_for_config = None
     if schemas_dir is not None:

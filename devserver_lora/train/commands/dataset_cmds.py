@@ -26,6 +26,8 @@ CARD_FLAGS = (
     ("consent", "consent of the people depicted: yes / no / not_applicable"),
     ("cultural_context", "the cultural context of the images"),
     ("approved_by", "who approved this use (community, curator, teacher)"),
+    ("language", "language of title, description and tags: de, en, yo, ... (optional)"),
+    ("tags", "keywords, comma-separated (optional)"),
 )
 
 
