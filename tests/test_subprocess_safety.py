@@ -22,6 +22,7 @@ LONG_RUNNING = {
     "train/runner.py": "the training worker; `cancel JOB` signals its process group (runner.cancel)",
     "train/kohya/backend.py": "sd-scripts; KohyaBackend._stop_when sends SIGINT, SIGTERM, then SIGKILL to its group",
     "train/native/launch.py": "accelerate launch for several processes; run_launched writes the stop file, then TERM/KILL to its group",
+    "comfy/local.py": "the local ComfyUI; `comfyui stop` (local.stop) sends SIGTERM, then SIGKILL, to its group, each wait bounded",
 }
 
 

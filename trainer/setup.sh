@@ -4,7 +4,7 @@
 #   DIR/sd-scripts/   kohya-ss/sd-scripts checked out at the pinned commit
 #   DIR/venv/         its own Python venv: torch for your CUDA + the pin's requirements
 #   DIR/tokenizers/   CLIP-L, CLIP-G and T5 tokenizers saved for offline use (--tokenizer_cache_dir)
-# Then: export KOHYA_DIR=DIR and run `python -m devserver_lora.train check`.
+# Then: export KOHYA_DIR=DIR and, in the devserver-lora clone, run `.venv/bin/python -m devserver_lora.train check`.
 #
 # Usage: trainer/setup.sh [--dir DIR] [--cuda cu128|cu126|cu124|cu121|cpu] [--python PY] [--commit SHA]
 #                         [--repo URL] [--torch VER --torchvision VER] [--tokenizers-only] [--skip-tokenizers]
@@ -144,4 +144,4 @@ if [ "$SKIP_TOKENIZERS" -eq 0 ]; then
     save_tokenizers
 fi
 
-echo "done. Now: export KOHYA_DIR=$DIR; python -m devserver_lora.train check"
+echo "done. Now: export KOHYA_DIR=$DIR; then, in the devserver-lora clone: .venv/bin/python -m devserver_lora.train check"

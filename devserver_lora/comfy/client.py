@@ -338,7 +338,7 @@ class ComfyClient:
             if now >= deadline:
                 raise ComfyTimeout(
                     f"prompt {pid} did not finish within {t.overall:.0f} s",
-                    hint="raise the timeout, or check ComfyUI's queue (devserver-lora generate is bounded on purpose)",
+                    hint="raise the timeout (generate --timeout), or check ComfyUI's queue: a run is bounded on purpose",
                     prompt_id=pid,
                 )
             wait = min(deadline - now, t.idle - (now - last_life))
@@ -352,7 +352,7 @@ class ComfyClient:
                     continue
                 raise ComfyTimeout(
                     f"prompt {pid} showed no progress for {t.idle:.0f} s",
-                    hint="a node may be stuck (check ComfyUI's console); interrupt it with devserver-lora or restart",
+                    hint="a node may be stuck (check ComfyUI's console); interrupt it in ComfyUI or restart ComfyUI",
                     prompt_id=pid,
                 )
             try:

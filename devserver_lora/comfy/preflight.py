@@ -18,6 +18,7 @@ from ..graph.model import GraphModel
 from ..lora.fit import ARCHS, ArchSpec, check_fit, resolve_arch
 from ..lora.report import ARCH_KEY, LoraReport
 from ..paths import safe_join
+from .protocol import missing_lora_hint
 
 
 def lora_nodes_in(workflow: Mapping[str, Any]) -> list[tuple[str, str, str]]:
@@ -63,8 +64,7 @@ def missing_lora_error(missing: list[tuple[str, str, str]], installed: list[str]
     }
     return ComfyValidationError(
         "the graph needs LoRAs this ComfyUI does not have:\n  " + "\n  ".join(lines),
-        hint="copy the .safetensors file into ComfyUI's models/loras folder (a trained job: "
-        "`.venv/bin/python -m devserver_lora.train install JOB --loras-dir DIR`), or fix the LoRA name in the config",
+        hint=missing_lora_hint(),
         error={"type": "lora_not_installed", "message": "LoRA not installed"},
         node_errors=node_errors,
     )

@@ -13,6 +13,7 @@ from typing import Any
 
 from .. import safe_json
 from ..errors import ComfyExecutionError, ComfyInterrupted, ComfyProtocolError, ComfyValidationError, UnsafePathError
+from ..invocation import train_command
 from ..paths import check_relative_name, check_simple_name
 from . import events as ev
 
@@ -216,11 +217,16 @@ def validation_error(data: dict) -> ComfyValidationError:
     return ComfyValidationError(message, hint=_refusal_hint(error, lines), error=error, node_errors=node_errors)
 
 
+def missing_lora_hint() -> str:
+    """What to do when ComfyUI lacks a LoRA the graph names."""
+    return (f"copy the .safetensors file into ComfyUI's models/loras folder (a trained job: "
+            f"`{train_command('install JOB --loras-dir DIR')}`), or fix the LoRA name in the config")
+
+
 def _refusal_hint(error: dict, lines: list[str]) -> str:
     """What to do about a 400 from /prompt; nothing was queued, so nothing ran."""
     if any("is not installed in ComfyUI" in line for line in lines):
-        return ("copy the .safetensors file into ComfyUI's models/loras folder (a trained job: `.venv/bin/python -m "
-                "devserver_lora.train install JOB --loras-dir DIR`), or fix the LoRA name in the config")
+        return missing_lora_hint()
     if error.get("type") == "invalid_prompt":
         return "the graph names a node class this ComfyUI does not have: install the custom node or fix class_type"
     if error.get("type") == "prompt_no_outputs":
@@ -302,7 +308,7 @@ def execution_exception(err: ev.Error) -> ComfyExecutionError:
     what = f"{err.exception_type}: {err.message}" if err.exception_type else err.message
     text = f"{what} {err.message}".lower()
     if "out of memory" in text or "outofmemory" in text:
-        hint = "the GPU ran out of memory: lower the resolution or batch size, or free models (devserver-lora free)"
+        hint = "the GPU ran out of memory: lower the resolution or batch size, or restart ComfyUI to free its models"
     elif err.node_type and "lora" in err.node_type.lower():
         hint = "the LoRA file could not be applied: check that it was trained for this base model"
     else:

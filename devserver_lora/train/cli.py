@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from ..console import assemble_parser, cli_main
+from ..invocation import train_command
 
 COMMAND_MODULES: tuple[str, ...] = (
     "devserver_lora.train.commands.dataset_cmds",
@@ -24,7 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
 
 def build_parser() -> argparse.ArgumentParser:
     return assemble_parser(
-        "python -m devserver_lora.train",
+        train_command(),
         "Train a LoRA on your own images and install it for the DevServer.",
         COMMAND_MODULES,
     )

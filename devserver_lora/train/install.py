@@ -29,6 +29,7 @@ from ..config.make import make_lora_output_config
 from ..config.models import NON_IMAGE_NAME_MARKERS, SD35_CHUNK, SD35_TRIPLE_CLIP_CHUNK, check_image_config_name
 from ..config.validate import validate_paths
 from ..errors import ConfigError, JobError, LoraFileError
+from ..invocation import train_command
 from ..lora.fit import check_fit
 from ..lora.header import read_header, write_with_metadata
 from ..lora.report import ARCH_KEY, inspect_lora
@@ -251,7 +252,7 @@ def install_job(
         warnings.append(
             f"job {job.id} has no dataset card: installed with '{NO_CARD}' recorded as its card; say where the "
             f"images come from and who may use them in {job.dir / 'card.json'} (fields: "
-            "`.venv/bin/python -m devserver_lora.train card --help`)"
+            f"`{train_command('card --help')}`)"
         )
     elif schemas_dir is not None and not card.language:
         warnings.append(

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BackendError, DevserverLoraError, JobError
+from ..invocation import python
 from ..paths import atomic_write_json
 from .events import ErrorEvent, StateEvent
 
@@ -165,7 +166,7 @@ def _load_job(job_dir: Path) -> Any:
 
 
 def worker_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=f"python -m {RUNNER_MODULE}", description="detached training worker")
+    parser = argparse.ArgumentParser(prog=f"{python()} -m {RUNNER_MODULE}", description="detached training worker")
     parser.add_argument("--job-dir", required=True, type=Path)
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--settings", type=Path, required=True)

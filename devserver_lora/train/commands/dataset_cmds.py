@@ -8,6 +8,7 @@ from typing import Any
 
 from ...console import err, out, print_json
 from ...errors import DatasetError, Problem
+from ...invocation import train_command
 from ..card import CARD_FILE, DatasetCard, card_from_dict, load_card
 from ..dataset.checks import RESIZE_POLICIES, CheckOptions, CheckReport, run_checks
 from ..dataset.importers import open_source
@@ -121,7 +122,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     out.print(f"[green]prepared[/] {m.num_images} images into [bold]{result.out_dir}[/] ({m.subset_dir}/, trigger "
               f"{m.trigger!r}, {m.repeats} repeats)", markup=True, highlight=False)
     if card is None:
-        err.print(f"[yellow]no dataset card yet:[/] add one before planning: python -m devserver_lora.train card "
+        err.print(f"[yellow]no dataset card yet:[/] add one before planning: {train_command('card')} "
                   f"{result.out_dir} --card card.json", markup=True, highlight=False)
     return 0
 

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ...console import out, print_json
+from ...invocation import train_command
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -26,7 +27,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                   f"(mean pixel difference {result.pixel_difference:.1f})")
     else:
         out.print("no ComfyUI given: pass --comfyui URL --comfyui-models DIR to render before/after images")
-    out.print(f"job {result.job_id}: `python -m devserver_lora.train status {result.job_id} "
+    out.print(f"job {result.job_id}: `{train_command('status ' + result.job_id)} "
               f"--jobs-dir {Path(result.out_dir) / 'jobs'}`", highlight=False)
     return 0
 

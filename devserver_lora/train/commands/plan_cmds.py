@@ -9,6 +9,7 @@ from typing import Any
 
 from ...console import out, print_json
 from ...errors import PlanError
+from ...invocation import train_command
 from ...paths import atomic_write_text
 from ..card import CARD_FILE, load_card
 from ..dataset.manifest import load_manifest
@@ -83,7 +84,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.out:
         out.print(f"plan written to {args.out}", highlight=False)
     if job_id:
-        out.print(f"[green]job created:[/] {job_id}  (start it with: python -m devserver_lora.train run {job_id})",
+        out.print(f"[green]job created:[/] {job_id}  (start it with: {train_command(f'run {job_id}')})",
                   markup=True, highlight=False)
     return 0
 

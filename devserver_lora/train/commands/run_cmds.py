@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ...console import err, out, print_json
+from ...invocation import train_command
 from .. import runner
 from ..backends import BACKEND_NAMES
 from ..progress_view import describe_event, show_follow
@@ -57,7 +58,7 @@ def _cmd_run(args: argparse.Namespace, *, resume: bool = False) -> int:
         out.print(f"{'resumed' if resume else 'started'} job {job.id} (worker pid {pid}); it keeps running if you "
                   f"close this terminal", highlight=False)
     if args.detach:
-        out.print(f"follow it with `python -m devserver_lora.train status {job.id} --follow`", highlight=False)
+        out.print(f"follow it with `{train_command(f'status {job.id} --follow')}`", highlight=False)
         return 0
     state = runner.wait(job, timeout_s=args.timeout) if args.json else show_follow(job, timeout_s=args.timeout)
     if args.json:
@@ -148,7 +149,7 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
         print_json({"job": job.id, "state": state, "checkpoints": kept})
     else:
         out.print(f"job {job.id}: {state}; checkpoints kept: {', '.join(kept) or 'none'}", highlight=False)
-        out.print(f"continue later with `python -m devserver_lora.train resume {job.id}`", highlight=False)
+        out.print(f"continue later with `{train_command(f'resume {job.id}')}`", highlight=False)
     return 0
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ...errors import DatasetError
+from ...invocation import train_command
 
 DATASET_MANIFEST = "dataset.json"
 MANIFEST_VERSION = 1
@@ -63,7 +64,7 @@ def load_manifest(dataset_dir: str | Path) -> DatasetManifest:
     if not path.is_file():
         raise DatasetError(
             f"{Path(dataset_dir)} is not a prepared dataset (no {DATASET_MANIFEST})",
-            hint="run `python -m devserver_lora.train prepare SOURCE --out DIR` first",
+            hint=f"run `{train_command('prepare SOURCE --out DIR')}` first",
         )
     try:
         return DatasetManifest.model_validate_json(path.read_bytes())

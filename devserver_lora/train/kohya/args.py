@@ -26,6 +26,7 @@ from typing import Any
 import tomli_w
 
 from ...errors import DatasetError, PlanError, Problem
+from ...invocation import train_command
 from ..families import Family, get_family
 from .flags import SD3_IGNORED_FLAGS, check_dataset_config, sd3_flags
 from .models import ModelFiles
@@ -133,7 +134,7 @@ def train_config(
     h, mem = plan.hyper, plan.memory
     ckpt = models.get("checkpoint")
     if ckpt is None:
-        raise PlanError(f"no base model file for {fam.label}", hint="run `python -m devserver_lora.train check`")
+        raise PlanError(f"no base model file for {fam.label}", hint=f"run `{train_command('check')}`")
     cfg: dict[str, Any] = {"pretrained_model_name_or_path": str(ckpt)}
     for role in ("clip_l", "clip_g", "t5xxl", "ae"):
         if models.get(role) is not None:

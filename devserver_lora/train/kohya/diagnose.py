@@ -13,6 +13,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from ...invocation import train_command
+
 
 @dataclass(frozen=True)
 class Diagnosis:
@@ -152,7 +154,7 @@ def diagnose(
         return Diagnosis(
             "model_mismatch",
             f"a model file does not match what the trainer expects: {signs['model_mismatch'][:200]}",
-            "run `python -m devserver_lora.train check`: it reads each model file's header and names the wrong "
+            f"run `{train_command('check')}`: it reads each model file's header and names the wrong "
             "one (e.g. an SDXL checkpoint given for SD3.5, or a clip_g given as clip_l)",
         )
     if "missing_module" in signs:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import BackendError
+from ...invocation import python
 from ...paths import atomic_write_json
 from .launch import LAUNCH_MODULE, RESULT_FILE, SPEC_FILE, STOP_FILE, LaunchSpec
 
@@ -66,7 +67,7 @@ def _write_result(job: Any, **result: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=f"python -m {LAUNCH_MODULE}", description="one process of a native training job")
+    parser = argparse.ArgumentParser(prog=f"{python()} -m {LAUNCH_MODULE}", description="one process of a native training job")
     parser.add_argument("--job-dir", required=True, type=Path)
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args(argv)
