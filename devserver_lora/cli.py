@@ -17,6 +17,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "devserver_lora.commands.workflow_cmds",
     "devserver_lora.commands.comfy_cmds",
     "devserver_lora.commands.comfyui_cmds",
+    "devserver_lora.commands.devserver_cmds",
 )
 
 

@@ -214,8 +214,9 @@ class SchemasTree:
         return Counter(s.kind for s in self.skipped)
 
     def lora_configs(self) -> dict[str, list[LoraSpec]]:
-        """Every readable output config that carries LoRAs, with its normalised LoRA list."""
-        return {name: cfg.loras for name, cfg in self.output_configs.items() if cfg.loras}
+        """Every output config with LoRAs that resolves to its chunk, with its normalised LoRA list (the broken ones
+        are in `lora_config_problems`)."""
+        return {name: cfg.loras for name, cfg in self.output_configs.items() if cfg.loras and name not in self._broken}
 
     def resolve(self, name: str) -> ResolvedOutput:
         if name in self._broken:

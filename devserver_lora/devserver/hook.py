@@ -69,16 +69,20 @@ def model_files(tree: SchemasTree) -> dict[str, str]:
     return found
 
 
-def _check_lora_files(tree: SchemasTree, loras_dir: Path) -> None:
-    """Log, at start-up, each LoRA a config names that is missing or does not fit that config's model."""
-    for name in tree.lora_configs():
+def lora_file_problems(tree: SchemasTree, loras_dir: Path) -> list[Problem]:
+    """Each LoRA a LoRA config names that is not in `loras_dir`, or does not fit that config's model as its chunk
+    wires it (`meta.base_model`; a config without one is judged by name only)."""
+    problems: list[Problem] = []
+    for name in sorted(tree.lora_configs()):
         resolved = tree.resolve(name)
+        file = str(tree.config_files[name])
         base = resolved.config.meta.get("base_model")
         for spec in resolved.loras:
             path = safe_join(loras_dir, spec.name, what="LoRA name")
             if not path.is_file():
-                log.warning("devserver-lora: output config %s names %s, which is not in %s: its renders will be "
-                            "refused until it is installed", name, spec.name, loras_dir)
+                problems.append(Problem(f"LoRA {spec.name} is not in {loras_dir}: renders of {name} are refused until "
+                                        "it is installed", file=file, code="lora_missing",
+                                        hint=f"copy it there (`train install JOB --loras-dir {loras_dir}`)"))
                 continue
             if not isinstance(base, str):
                 continue
@@ -87,7 +91,8 @@ def _check_lora_files(tree: SchemasTree, loras_dir: Path) -> None:
                 node = next(k for k, n in graph.items() if (n.get("inputs") or {}).get("lora_name") == spec.name)
                 check_fit_in_graph(graph, node, path, base)
             except DevserverLoraError as exc:
-                log.error("devserver-lora: output config %s: %s", name, exc)
+                problems.append(Problem(str(exc), file=file, code="lora_does_not_fit"))
+    return problems
 
 
 def install_into_devserver(
@@ -117,7 +122,8 @@ def install_into_devserver(
     problems: list[Problem] = tree.lora_config_problems()
     if problems:
         raise ConfigError(f"LoRA output configs in {Path(schemas_dir) / 'configs' / 'output'} are invalid", problems)
-    _check_lora_files(tree, folder)
+    for problem in lora_file_problems(tree, folder):
+        log.warning("devserver-lora: %s", problem)
     injector = LoraInjector(folder, object_info, known_files=model_files(tree))
     is_class = isinstance(target, type)
     found = getattr(target, "_apply_input_mappings", None)
