@@ -12,16 +12,12 @@ import pytest
 from comfy_double import sd3_workflow
 from comfyui_harness import ComfyServer
 from comfyui_setup import comfy_main, install_dir
+from native_training import TRIGGER_PROMPT, train_planted_lora
 from PIL import Image
 
 from devserver_lora.comfy import ComfyClient, Timeouts
 from devserver_lora.lora.fit import predict_not_loaded
 from devserver_lora.lora.keys import ArchSpec
-from devserver_lora.train.card import load_card
-from devserver_lora.train.jobs import JobStore
-from devserver_lora.train.native import NativeBackend, tiny
-from devserver_lora.train.native.models import ModelSource
-from devserver_lora.train.plan import make_plan
 
 pytestmark = [pytest.mark.comfyui, pytest.mark.slow]
 TIMEOUTS = Timeouts(overall=180, idle=90, connect=5, http=30)
@@ -51,18 +47,11 @@ async def test_native_lora_renders_in_real_comfyui_with_zero_key_warnings(
     monkeypatch.setenv("COMFYUI_DIR", str(comfy_main(install_dir()).parent))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     checkpoint = (comfyui_server.base_dir / "models" / "checkpoints" / comfyui_server.checkpoint_name).resolve()
-    dataset = tiny.write_planted_dataset(tmp_path / "ds", n=4, size=256)
-    plan = make_plan("sd35_medium", "quick_test", dataset, gpu=None, backend="native", output_name="native_magenta",
-                     overrides={"resolution": 256, "max_train_steps": 30, "learning_rate": 2e-3, "network_dim": 8,
-                                "network_alpha": 4})
-    job = JobStore(tmp_path / "jobs").create(plan, card=load_card(dataset / "card.json"))
-    backend = NativeBackend(None, source=ModelSource(checkpoint=checkpoint))
-    assert [p for p in backend.preflight(job) if p.severity == "error"] == []
-    lora = backend.run(job)
+    lora = train_planted_lora(tmp_path, checkpoint)
     assert predict_not_loaded(lora, ArchSpec.sd3(2, text_encoders=("clip_l",))) == []
 
     name = comfyui_server.install_lora(lora, "native_magenta.safetensors")
-    prompt = "mgsq, a magenta square on a plain background"
+    prompt = TRIGGER_PROMPT
     mark = comfyui_server.log_mark()
     with_lora = await _render(comfyui_server, _graph(comfyui_server.checkpoint_name, lora=name, seed=11, prompt=prompt))
     log = comfyui_server.console_log(since=mark)
