@@ -218,19 +218,32 @@ def check_loras_folder(where: DevServerLayout, tree: SchemasTree, comfyui_url: s
     return Check(item, not steps, "; ".join(notes), steps)
 
 
+def _interception_steps(tree: SchemasTree, loras_dir: Path) -> list[str]:
+    """A LoRA an interception config names must be installed too: DevServer passes it to every output config
+    without LoRAs of its own, and a render with a missing LoRA is refused."""
+    steps = []
+    for config, entries in sorted(tree.interception_loras.items()):
+        for entry in entries:
+            name = entry.get("name")
+            if isinstance(name, str) and not (loras_dir / name).is_file():
+                steps.append(f"interception config {config} names LoRA {name}, which is not in {loras_dir}: install "
+                             "it, or remove it from that config's meta.loras")
+    return steps
+
+
 def check_lora_files(where: DevServerLayout, tree: SchemasTree) -> Check:
     item = "every LoRA config's LoRA is installed and fits its model"
     configs = tree.lora_configs()
-    if not configs:
+    if not configs and not tree.interception_loras:
         return Check(item, True, "no LoRA output config yet (`train install JOB --schemas ...` writes one)")
     if not where.loras_dir.is_dir():
         return Check(item, False, "not checked: the loras folder is missing (see above)")
-    problems = lora_file_problems(tree, where.loras_dir)
+    steps = [f"{p.message}" + (f" ({p.hint})" if p.hint else "") for p in lora_file_problems(tree, where.loras_dir)]
+    steps += _interception_steps(tree, where.loras_dir)
     count = sum(len(v) for v in configs.values())
-    if not problems:
-        return Check(item, True, f"{count} LoRA(s) of {len(configs)} config(s) present and fitting")
-    return Check(item, False, f"{len(problems)} of {count} LoRA(s) not ready",
-                 [f"{p.message}" + (f" ({p.hint})" if p.hint else "") for p in problems])
+    detail = f"{count} LoRA(s) of {len(configs)} output config(s), and the interception configs' LoRAs"
+    return Check(item, not steps, detail + (": present and fitting" if not steps else f": {len(steps)} not ready"),
+                 steps)
 
 
 _PICKER_IDS = re.compile(r"\bid:\s*'([^']+)'")
