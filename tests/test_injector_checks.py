@@ -16,6 +16,8 @@ from devserver_lora.errors import ComfyProtocolError
 
 SD3_WORKFLOW = json.loads((COMFY_FIXTURES / "sd3_lora_workflow_api.json").read_text(encoding="utf-8"))
 LORA = "tiny_sd3_kohya.safetensors"
+# The graph's model, as install_into_devserver learns it from a LoRA config's meta.base_model for the file it loads.
+KNOWN = {SD3_WORKFLOW["1"]["inputs"]["ckpt_name"]: "sd3:2:te=clip_l"}
 
 
 def _without_lora() -> dict:
@@ -31,7 +33,7 @@ def _fit_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [r for r in caplog.records if r.levelno == logging.WARNING and "fit check" in r.getMessage()]
 
 
-@pytest.mark.parametrize("missing", ["loras folder", "arch"])
+@pytest.mark.parametrize("missing", ["loras folder", "model"])
 def test_injector_warns_exactly_once_when_it_cannot_run_the_fit_check(
     missing: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -39,7 +41,7 @@ def test_injector_warns_exactly_once_when_it_cannot_run_the_fit_check(
     loras.mkdir()
     shutil.copyfile(COMFY_FIXTURES / "loras" / LORA, loras / LORA)
     injector = (
-        LoraInjector(loras_dir=None, arch="sd3:2:te=clip_l") if missing == "loras folder" else LoraInjector(loras_dir=loras)
+        LoraInjector(loras_dir=None, known_files=KNOWN) if missing == "loras folder" else LoraInjector(loras_dir=loras)
     )
     with caplog.at_level(logging.WARNING, logger="devserver_lora"):
         for _ in range(3):  # three Stage-4 requests
@@ -55,7 +57,7 @@ def test_injector_that_runs_the_fit_check_does_not_warn(tmp_path: Path, caplog: 
     loras.mkdir()
     shutil.copyfile(COMFY_FIXTURES / "loras" / LORA, loras / LORA)
     with caplog.at_level(logging.WARNING, logger="devserver_lora"):
-        LoraInjector(loras_dir=loras, arch="sd3:2:te=clip_l")(_without_lora(), [{"name": LORA}])
+        LoraInjector(loras_dir=loras, known_files=KNOWN)(_without_lora(), [{"name": LORA}])
     assert _fit_warnings(caplog) == []
 
 

@@ -180,12 +180,14 @@ class LoraInjector:
             model = _source_of(out, node_id, models)
             report = self._report(name)
             if report is None:
-                self._warn_once(f"fit:nofile:{name}", f"LoRA fit check skipped for {name!r}: its file is not in "
-                                f"{self.loras_dir}, so a LoRA that does not fit would render without its effect")
+                where = f"its file is not in {self.loras_dir}" if self.loras_dir else "no loras folder was given"
+                self._warn_once(f"fit:nofile:{name}", f"LoRA fit check skipped for {name!r}: {where}, so a LoRA "
+                                "that does not fit would render without effect")
             elif model is None or model.arch is None:
                 what = model.label() if model else "an unknown model"
                 self._warn_once(f"fit:nomodel:{name}:{what}", f"LoRA fit check skipped for {name!r}: the graph renders "
-                                f"{what}, which devserver-lora has no key map for")
+                                f"{what}, which no LoRA config's meta.base_model names, so a LoRA that does not fit "
+                                "would render without effect")
             else:
                 check_fit_in_graph(out, node_id, report, model.arch)
 
