@@ -114,6 +114,32 @@ def test_validate_reads_devservers_whole_tree(checkout: Path, capsys) -> None:
     assert report["judged"] >= 3 and report["skipped"]["pipelines"] >= 10 and report["checked"] > 100
 
 
+def test_offline_commands_read_devservers_tree_and_use_its_own_chunk(checkout: Path, tmp_path: Path, capsys) -> None:
+    schemas = tmp_path / "schemas"
+    shutil.copytree(checkout / "devserver" / "schemas", schemas, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copyfile(SCHEMAS / "configs/output/sd35_large_yoruba.json", schemas / "configs/output/sd35_large_yoruba.json")
+    assert main(["show-config", "sd35_large_yoruba", "--schemas", str(schemas), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["chunk_origin"] == str(schemas / "chunks" / "output_image_sd35_large.json")  # DevServer's, not ours
+    assert main(["show-config", "qwen", "--schemas", str(schemas)]) == 0  # DevServer's own configs resolve too
+    capsys.readouterr()
+    assert main(["inject", "--config", "sd35_large_yoruba", "--prompt", "a market", "--schemas", str(schemas)]) == 0
+    graph = json.loads(capsys.readouterr().out)
+    devservers = json.loads((schemas / "chunks" / "output_image_sd35_large.json").read_text(encoding="utf-8"))
+    assert set(devservers["workflow"]) < set(graph)  # DevServer's graph, plus our loader
+    (lora,) = _loras(graph).values()
+    assert graph[lora["inputs"]["clip"][0]]["class_type"] == "DualCLIPLoader"
+    loras = tmp_path / "loras"
+    loras.mkdir()
+    zero_lora(loras / "yorubaheritage_sd35.safetensors")
+    from devserver_lora.devserver.stage4 import Stage4Runner
+
+    runner = Stage4Runner(schemas, None, loras_dir=loras)
+    assert runner.tree.errors() == [] and len(runner.tree.skipped) > 50
+    workflow, seed, specs, prompt, _ = runner.prepare("sd35_large_yoruba", "a market")
+    assert prompt == "yoruba heritage, a market" and 0 <= seed <= 2**31 - 1 and len(_loras(workflow)) == 1
+
+
 def test_doctor_on_the_real_checkout_and_on_one_with_the_readme_snippet(checkout: Path, app) -> None:
     pristine = {c.item: c for c in run_doctor(checkout)}
     assert not pristine["app factory calls install_into_devserver"].ok
