@@ -26,9 +26,11 @@ def _current_umask() -> int:
     return mask
 
 
-# mkstemp creates files 0600; what we publish (LoRAs, configs) must be readable by ComfyUI or
-# DevServer running as another user, so give written files the mode a plain open() would.
-FILE_MODE = 0o666 & ~_current_umask()
+# mkstemp creates files 0600. What we write (LoRAs, configs, checkpoints, training states) is read by ComfyUI or
+# DevServer running as another user of the same group, and by the group that shares the job folder: so a written
+# file gets the mode a plain open() would, and never less than owner and group read (a umask of 077 still keeps
+# others out).
+FILE_MODE = (0o666 & ~_current_umask()) | 0o440
 
 _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
 _SIMPLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -105,13 +107,27 @@ def publish_file(
     another writer got there first, so an existing file (a trained checkpoint) is never lost.
     Returns the path written.
     """
+
+    def fill(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            write(fh)
+
+    return publish_path(dest, fill, overwrite=overwrite)
+
+
+def publish_path(
+    dest: str | os.PathLike[str], fill: Callable[[Path], None], *, overwrite: bool = False
+) -> Path:
+    """`publish_file` for writers that take a file name (safetensors' `save_file`, `torch.save`): `fill(tmp)` writes
+    the temp file beside `dest`; it is synced, given FILE_MODE and published the same way. Returns the path written."""
     target = Path(dest)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
+        fill(tmp)
+        with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.chmod(tmp, FILE_MODE)
         if overwrite:
@@ -126,7 +142,7 @@ def publish_file(
                     continue
                 break
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
     _fsync_dir(target.parent)
     return written
 

@@ -101,3 +101,22 @@ def test_written_files_are_readable_by_other_users(tmp_path: Path) -> None:
     lora = copy_no_overwrite(src, tmp_path / "loras" / "x.safetensors")
     for path in (config, lora):
         assert path.stat().st_mode & 0o044 == 0o044, oct(path.stat().st_mode)
+
+
+def test_written_files_are_group_readable_even_under_a_private_umask(tmp_path) -> None:
+    """LoRAs, configs and training states are read by ComfyUI/DevServer running as another user of the group."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, sys; os.umask(0o077)\n"
+        "from pathlib import Path\n"
+        "from devserver_lora.paths import atomic_write_bytes, publish_path\n"
+        "d = Path(sys.argv[1])\n"
+        "a = atomic_write_bytes(d / 'a.json', b'{}')\n"
+        "b = publish_path(d / 'b.pt', lambda p: p.write_bytes(b'x'))\n"
+        "print(oct(a.stat().st_mode & 0o777), oct(b.stat().st_mode & 0o777))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60,
+                          check=True)
+    assert done.stdout.split() == ["0o640", "0o640"]

@@ -22,6 +22,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..paths import publish_path
+
 # --- the tiny MMDiT (ComfyUI derives hidden = 64 * depth and heads = depth) ---
 MMDIT_DEPTH = 2
 MMDIT_HIDDEN = 64 * MMDIT_DEPTH  # 128
@@ -214,10 +216,5 @@ def write_tiny_sd3_checkpoint(path: str | os.PathLike[str], *, seed: int = 0) ->
     tensors = {
         key: _init(key, shape, gen).to(torch.float16).contiguous() for key, shape in checkpoint_shapes().items()
     }
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.partial")
-    try:
-        save_file(tensors, str(tmp), metadata={"format": "pt", "devserver_lora": f"tiny_sd3 seed={seed}"})
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return dest
+    metadata = {"format": "pt", "devserver_lora": f"tiny_sd3 seed={seed}"}
+    return publish_path(dest, lambda tmp: save_file(tensors, str(tmp), metadata=metadata), overwrite=True)

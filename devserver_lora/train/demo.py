@@ -2,25 +2,42 @@
 through the job store, installed with an output config, and (given a ComfyUI) rendered before and after.
 
 Everything is real except the data and the weights: the dataset goes through `prepare`, the plan through
-`make_plan`, training through the detached runner and the job store, the LoRA through `install`
-(key check, output config validated against the DevServer chunks). Under 2 minutes on 2 CPU cores.
+`make_plan`, training through the detached runner and the job store, the LoRA through `install` (fit check,
+provenance), the output config through `config.make` and `validate`. `render=True` starts the local ComfyUI the
+install set up (`comfy.local`, as `devserver-lora comfyui start` does) unless it already runs, and leaves it running
+so that the README's Quick start 1 commands, which the result lists, work on the new config at once.
+
+The tiny checkpoint carries only CLIP-L, so DevServer's SD3.5 chunks (CLIP-G + T5 loaders) cannot run on it: the
+demo writes its own output chunk for it (`demo_chunk`), the same minimal text-to-image graph it renders before/after.
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
+import shlex
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
 from ..errors import TrainingError
+from ..invocation import cli_command
 from .card import load_card
 
 TRIGGER = "mgsq"
 OUTPUT_NAME = "demo_magenta"
-DEMO_PROMPT = f"{TRIGGER}, a magenta square on a plain background"
+PROMPT = "a magenta square on a plain background"
+DEMO_PROMPT = f"{TRIGGER}, {PROMPT}"
+DEMO_CHUNK = "output_image_tiny_sd3_demo"
+MODEL_LABEL = "tiny SD3 (demo)"
+# What renders in seconds on a CPU with the tiny model (the chunk's defaults and the config's parameters).
+RENDER = {"width": 128, "height": 128, "steps": 6, "cfg": 4.5, "sampler_name": "euler", "scheduler": "sgm_uniform",
+          "seed": 7}
+_PARAMETERS = {"WIDTH": "width", "HEIGHT": "height", "STEPS": "steps", "CFG": "cfg", "SAMPLER": "sampler_name",
+               "SCHEDULER": "scheduler", "SEED": "seed"}
+_NO_SCHEMAS_NOTE = "no DevServer schemas folder given"  # install's note; the demo writes its own config instead
 
 
 class DemoResult(BaseModel):
@@ -28,12 +45,28 @@ class DemoResult(BaseModel):
     job_id: str
     job_state: str
     lora_path: str
+    lora_name: str
+    arch: str  # what the LoRA was trained on (its devserver_lora.arch label), e.g. sd3:2:te=clip_l
+    steps: int
+    final_loss: float | None = None
     config_name: str | None = None
     config_path: str | None = None
-    checkpoint: str
+    schemas_dir: str | None = None
+    base_model_file: str
+    comfyui_url: str | None = None
+    comfyui_started: bool = False  # this run started the local ComfyUI (it keeps running)
+    loras_dir: str
     renders: dict[str, str] = {}
     pixel_difference: float | None = None
     warnings: list[str] = []
+    next_commands: list[str] = []
+
+
+class _Renderer(BaseModel):
+    url: str | None
+    models_dir: str
+    started: bool = False
+    base: str | None = None
 
 
 def _free_config_name(schemas_dir: Path, base: str) -> str:
@@ -43,28 +76,91 @@ def _free_config_name(schemas_dir: Path, base: str) -> str:
     return name
 
 
-def render_graph(checkpoint: str, *, lora: str | None, seed: int = 7, prompt: str = DEMO_PROMPT) -> dict[str, Any]:
-    """A minimal SD3 graph for the tiny checkpoint (it carries only CLIP-L, so the DevServer SD3.5 chunk with its
-    triple text-encoder loader cannot run on it)."""
-    model, clip = ["1", 0], ["1", 1]
-    graph: dict[str, Any] = {"1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": checkpoint}}}
-    if lora is not None:
-        graph["2"] = {"class_type": "LoraLoader", "inputs": {"model": model, "clip": clip, "lora_name": lora,
-                                                             "strength_model": 1.0, "strength_clip": 1.0}}
-        model, clip = ["2", 0], ["2", 1]
-    graph.update({
-        "3": {"class_type": "ModelSamplingSD3", "inputs": {"model": model, "shift": 3.0}},
-        "4": {"class_type": "CLIPTextEncode", "inputs": {"text": prompt, "clip": clip}},
-        "5": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": clip}},
-        "6": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-        "7": {"class_type": "KSampler", "inputs": {"model": ["3", 0], "seed": seed, "steps": 4, "cfg": 4.5,
-                                                   "sampler_name": "euler", "scheduler": "sgm_uniform",
-                                                   "positive": ["4", 0], "negative": ["5", 0],
-                                                   "latent_image": ["6", 0], "denoise": 1.0}},
+def tiny_workflow(checkpoint: str, *, prompt: str = DEMO_PROMPT, negative: str = "", **render: Any) -> dict[str, Any]:
+    """A minimal SD3 text-to-image graph for the tiny checkpoint, whose CLIP comes from the checkpoint itself."""
+    r = {**RENDER, **render}
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": checkpoint}},
+        "3": {"class_type": "ModelSamplingSD3", "inputs": {"model": ["1", 0], "shift": 3.0}},
+        "4": {"class_type": "CLIPTextEncode", "inputs": {"text": prompt, "clip": ["1", 1]}},
+        "5": {"class_type": "CLIPTextEncode", "inputs": {"text": negative, "clip": ["1", 1]}},
+        "6": {"class_type": "EmptySD3LatentImage", "inputs": {"width": r["width"], "height": r["height"],
+                                                              "batch_size": 1}},
+        "7": {"class_type": "KSampler", "inputs": {"model": ["3", 0], "seed": r["seed"], "steps": r["steps"],
+                                                   "cfg": r["cfg"], "sampler_name": r["sampler_name"],
+                                                   "scheduler": r["scheduler"], "positive": ["4", 0],
+                                                   "negative": ["5", 0], "latent_image": ["6", 0], "denoise": 1.0}},
         "8": {"class_type": "VAEDecode", "inputs": {"samples": ["7", 0], "vae": ["1", 2]}},
         "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "devserver_lora_demo"}},
-    })
-    return graph
+    }
+
+
+def render_graph(checkpoint: str, *, lora: str | None, seed: int = 7, prompt: str = DEMO_PROMPT) -> dict[str, Any]:
+    """The before (lora=None) or after graph: `tiny_workflow` with the LoRA injected the way `generate` injects it."""
+    from ..graph.inject import inject_loras
+    from ..lora.spec import LoraSpec
+
+    graph = tiny_workflow(checkpoint, prompt=prompt, seed=seed)
+    return graph if lora is None else inject_loras(graph, [LoraSpec(name=lora, strength_model=1.0, strength_clip=1.0, trigger_words=None, target=None)])
+
+
+def demo_chunk(checkpoint: str) -> dict[str, Any]:
+    """A DevServer output chunk rendering `tiny_workflow`, filled through DevServer's input mapping keys."""
+    def at(node: str, field: str, what: str, **extra: Any) -> dict[str, Any]:
+        return {"node_id": node, "field": f"inputs.{field}", **extra, "description": what}
+
+    r = RENDER
+    return {
+        "name": DEMO_CHUNK,
+        "type": "output_chunk",
+        "backend_type": "comfyui",
+        "media_type": "image",
+        "description": "The demo's tiny SD3 checkpoint through ComfyUI (CLIP-L from the checkpoint); for the first "
+                       "run on a CPU, not for real images.",
+        "workflow": tiny_workflow(checkpoint, prompt=""),
+        "input_mappings": {
+            "prompt": at("4", "text", "the prompt Stage 2 wrote", source="{{PREVIOUS_OUTPUT}}"),
+            "negative_prompt": at("5", "text", "what the image should avoid", default=""),
+            **{key: at("6" if key in ("width", "height") else "7", key, key.replace("_", " "), default=r[key])
+               for key in ("width", "height", "steps", "cfg", "sampler_name", "scheduler", "seed")},
+        },
+        "output_mapping": {"node_id": "9", "output_type": "image", "format": "png"},
+        "meta": {"model_file": checkpoint, "clip_models": [], "recommended_resolution": f"{r['width']}x{r['height']}",
+                 "written_by": "devserver-lora (train.demo)"},
+    }
+
+
+def write_demo_config(job: Any, lora_name: str, arch: str, schemas: Path, checkpoint: str) -> tuple[str, Path]:
+    """The demo chunk and an output config for the LoRA (from its dataset card) in a DevServer-shaped schemas
+    folder, validated together before the config is written; an existing config is never replaced."""
+    from ..config.chunks import chunk_json
+    from ..config.files import parse_output_config, write_output_config
+    from ..config.make import make_lora_output_config
+    from ..config.validate import validate_paths
+    from ..errors import ConfigError
+    from ..lora.spec import LoraSpec
+    from ..paths import atomic_write_text
+    from .install import job_card, provenance
+
+    card = job_card(job)
+    chunk_path = atomic_write_text(schemas / "chunks" / f"{DEMO_CHUNK}.json", chunk_json(demo_chunk(checkpoint)))
+    name = _free_config_name(schemas, OUTPUT_NAME)
+    spec = LoraSpec(name=lora_name, strength_model=1.0, strength_clip=1.0, trigger_words=(TRIGGER,), target=None)
+    config = make_lora_output_config(
+        name, [spec], title=card.title if card else OUTPUT_NAME, model_label=MODEL_LABEL, base_model=arch,
+        output_chunk=DEMO_CHUNK, language=card.language if card else None,
+        description=card.description if card else None, tags=card.tags if card else (),
+        provenance=provenance(job, card, lora_name, arch),
+    )
+    data = config.to_json_dict()
+    data["parameters"].update({key: RENDER[field] for key, field in _PARAMETERS.items()})
+    config = parse_output_config(data, file=name)
+    staged = write_output_config(config, Path(job.work_dir) / "demo_schemas" / "configs" / "output" / f"{name}.json",
+                                 overwrite=True)
+    problems = [p for p in validate_paths([staged, chunk_path]) if p.severity == "error"]
+    if problems:
+        raise ConfigError(f"the demo's output config {name} does not validate", problems)
+    return name, write_output_config(config, schemas / "configs" / "output" / f"{name}.json")
 
 
 async def _render_pair(url: str, checkpoint: str, lora: str, renders: Path) -> tuple[dict[str, str], float]:
@@ -72,6 +168,7 @@ async def _render_pair(url: str, checkpoint: str, lora: str, renders: Path) -> t
     from PIL import Image
 
     from ..comfy import ComfyClient, Timeouts
+    from ..paths import atomic_write_bytes
 
     out: dict[str, str] = {}
     arrays = {}
@@ -79,21 +176,85 @@ async def _render_pair(url: str, checkpoint: str, lora: str, renders: Path) -> t
         for label, name in (("before", None), ("after", lora)):
             result = await client.run(render_graph(checkpoint, lora=name), output_node="9")
             data = result.images[0].data
-            path = renders / f"{label}.png"
-            path.write_bytes(data)
-            out[label] = str(path)
+            out[label] = str(atomic_write_bytes(renders / f"{label}.png", data))
             arrays[label] = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.float32)
     return out, float(np.abs(arrays["after"] - arrays["before"]).mean())
+
+
+def prepare_renderer(*, render: bool, comfyui_base: str | Path | None, comfyui_url: str | None,
+                     comfyui_models: str | Path | None, out: Path) -> _Renderer:
+    """Where the demo renders, checked (and the local ComfyUI started) BEFORE anything is trained."""
+    from ..comfy.local import BaseDir, answers, default_install, setup_command, start, status
+
+    if render and comfyui_url:
+        raise TrainingError("--render starts the local ComfyUI, --comfyui names another one: give one of them")
+    if comfyui_url:
+        if comfyui_models is None:
+            raise TrainingError("--comfyui needs --comfyui-models too",
+                                hint="pass that ComfyUI's models folder with --comfyui-models DIR (the demo writes its "
+                                     "checkpoint into checkpoints/ and its LoRA into loras/), or use --render")
+        models = Path(comfyui_models).expanduser().absolute()
+        if not models.is_dir():
+            raise TrainingError(f"--comfyui-models {models} is not a folder",
+                                hint="give the models folder of the ComfyUI at --comfyui (it holds checkpoints/, loras/)")
+        if not answers(comfyui_url):
+            raise TrainingError(f"no ComfyUI answers at --comfyui {comfyui_url}",
+                                hint=f"start one (`{cli_command('comfyui start')}` prints its URL) and pass that URL "
+                                     "to --comfyui, or use --render to let the demo start it")
+        return _Renderer(url=comfyui_url, models_dir=str(models))
+    if not render:
+        return _Renderer(url=None, models_dir=str(out / "comfyui_models"))
+    install = default_install()
+    base = BaseDir(Path(comfyui_base).expanduser().absolute()) if comfyui_base else install.default_base()
+    current = status(base)
+    if current.answering and current.record is not None:
+        return _Renderer(url=current.record.url, models_dir=str(base.models), base=str(base.root))
+    if not install.ready:
+        raise TrainingError(f"--render needs the ComfyUI the install sets up, and there is none in {install.root}",
+                            hint=f"install it once: {setup_command()}")
+    if not install.tiny_checkpoint.is_file():  # the install builds it; a cache cleaner may have taken it
+        from ..testing.tiny_sd3 import write_tiny_sd3_checkpoint
+
+        write_tiny_sd3_checkpoint(install.tiny_checkpoint)
+    server = start(install, base)
+    return _Renderer(url=server.url, models_dir=str(base.models), started=True, base=str(base.root))
+
+
+def next_commands(result: DemoResult, renderer: _Renderer) -> list[str]:
+    """The README's Quick start 1 on the new config, as runnable commands (what the demo prints last)."""
+    if not (result.schemas_dir and result.config_name):
+        return []
+    q = shlex.quote
+    schemas, name = q(result.schemas_dir), result.config_name
+    commands = [
+        cli_command(f"validate {schemas}"),
+        cli_command(f"show-config {name} --schemas {schemas}"),
+        cli_command(f"inspect-lora {q(result.lora_path)} --against {q(result.arch)}"),
+    ]
+    if renderer.url:
+        generated = q(str(Path(result.out_dir) / "generated"))
+        commands.append(cli_command(f"generate --config {name} --schemas {schemas} --prompt {q(PROMPT)} "
+                                    f"--server {renderer.url} --loras-dir {q(result.loras_dir)} --out {generated}"))
+    return commands
+
+
+def _final_loss(job: Any) -> float | None:
+    losses = [e.get("loss") for e in job.events() if e.get("type") == "progress"]
+    return round(losses[-1], 3) if losses and losses[-1] is not None else None
 
 
 def run_demo(
     out_dir: str | Path,
     *,
+    render: bool = False,
+    comfyui_base: str | Path | None = None,
     comfyui_url: str | None = None,
     comfyui_models: str | Path | None = None,
     steps: int = 30,
     show_progress: bool = True,
+    on_note: Callable[[str], None] | None = None,
 ) -> DemoResult:
+    from ..comfy.local import BaseDir, stop
     from ..paths import atomic_write_json
     from . import runner
     from .dataset.normalise import prepare_dataset
@@ -106,54 +267,68 @@ def run_demo(
 
     out = Path(out_dir).expanduser().absolute()
     out.mkdir(parents=True, exist_ok=True)
-    if comfyui_url and comfyui_models is None:
-        raise TrainingError("--comfyui needs --comfyui-models too",
-                            hint="pass ComfyUI's models folder so the demo can put its tiny checkpoint and LoRA there")
-    models_dir = Path(comfyui_models).expanduser().absolute() if comfyui_models else out / "comfyui_models"
-    (models_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    (models_dir / "loras").mkdir(parents=True, exist_ok=True)
+    renderer = prepare_renderer(render=render, comfyui_base=comfyui_base, comfyui_url=comfyui_url,
+                                comfyui_models=comfyui_models, out=out)
+    if renderer.started and on_note:
+        on_note(f"started the local ComfyUI at {renderer.url}")
+    try:
+        models_dir = Path(renderer.models_dir)
+        (models_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (models_dir / "loras").mkdir(parents=True, exist_ok=True)
+        # 1. images a student might bring (here: a planted concept), with the dataset card, then `prepare`.
+        raw = write_planted_images(out / "images", n=4, size=256, trigger=TRIGGER)
+        atomic_write_json(raw / "card.json", PLANTED_CARD)
+        dataset = prepare_dataset(raw, out / "dataset", name="demo", trigger=TRIGGER, family="sd35_large",
+                                  preset="quick_test", card=load_card(raw / "card.json"), overwrite=True).out_dir
+        # 2. the tiny model (same seed -> same file, so an existing one is reused).
+        checkpoint = tiny_sai_checkpoint(models_dir / "checkpoints")
+        # 3. plan + job; the job records where its model is, so `status`/`resume` work on it like on any job.
+        plan = make_plan("sd35_large", "quick_test", dataset, gpu=None, backend="native", output_name=OUTPUT_NAME,
+                         overrides={"resolution": 256, "max_train_steps": steps, "learning_rate": 2e-3,
+                                    "network_dim": 8, "network_alpha": 4, "save_every_n_epochs": 5})
+        settings = load_settings(home=str(out / "home"), jobs_dir=str(out / "jobs"), models_dir=str(models_dir))
+        job = JobStore(settings.jobs_dir).create(plan, card=load_card(dataset / "card.json"))
+        source = ModelSource(checkpoint=checkpoint)
+        if find_tokenizer_dir("clip_l", source) is None:
+            source = source.model_copy(update={"tiny_tokenizer": True})
+        job.write_json("model.json", source.model_dump(mode="json"))
+        # 4. train in the detached runner (exactly what `run` starts), following its events with a progress bar.
+        runner.start(job, settings, backend="native")
+        if show_progress:
+            from .progress_view import show_follow
 
-    # 1. images a student might bring (here: a planted concept), with the dataset card, then `prepare`.
-    raw = write_planted_images(out / "images", n=4, size=256, trigger=TRIGGER)
-    atomic_write_json(raw / "card.json", PLANTED_CARD)
-    dataset = prepare_dataset(raw, out / "dataset", name="demo", trigger=TRIGGER, family="sd35_large",
-                              preset="quick_test", card=load_card(raw / "card.json"), overwrite=True).out_dir
-    # 2. the tiny model (same seed -> same file, so an existing one is reused).
-    checkpoint = tiny_sai_checkpoint(models_dir / "checkpoints")
-    # 3. plan + job; the job records where its model is, so `status`/`resume` work on it like on any job.
-    plan = make_plan("sd35_large", "quick_test", dataset, gpu=None, backend="native", output_name=OUTPUT_NAME,
-                     overrides={"resolution": 256, "max_train_steps": steps, "learning_rate": 2e-3,
-                                "network_dim": 8, "network_alpha": 4, "save_every_n_epochs": 5})
-    settings = load_settings(home=str(out / "home"), jobs_dir=str(out / "jobs"), models_dir=str(models_dir))
-    job = JobStore(settings.jobs_dir).create(plan, card=load_card(dataset / "card.json"))
-    source = ModelSource(checkpoint=checkpoint)
-    if find_tokenizer_dir("clip_l", source) is None:
-        source = source.model_copy(update={"tiny_tokenizer": True})
-    job.write_json("model.json", source.model_dump(mode="json"))
-    # 4. train in the detached runner (exactly what `run` starts), following its events with a progress bar.
-    runner.start(job, settings, backend="native")
-    if show_progress:
-        from .progress_view import show_follow
+            show_follow(job, timeout_s=900, poll_s=0.2)
+        else:
+            runner.wait(job, timeout_s=900)
+        if job.state != "done":
+            info = job.info
+            raise TrainingError(f"demo training ended in state {job.state}: {info.get('message')}",
+                                hint=info.get("hint"))
+        # 5. install the LoRA into ComfyUI's loras folder (fit check, provenance), then the demo's chunk and config.
+        installed = install_job(job, loras_dir=models_dir / "loras", schemas_dir=None)
+        from ..lora.header import read_header
+        from ..lora.report import ARCH_KEY
 
-        show_follow(job, timeout_s=900, poll_s=0.2)
-    else:
-        runner.wait(job, timeout_s=900)
-    if job.state != "done":
-        info = job.info
-        raise TrainingError(f"demo training ended in state {job.state}: {info.get('message')}", hint=info.get("hint"))
-    # 5. install: LoRA into ComfyUI's loras folder, output config into a demo DevServer schemas folder.
-    schemas = out / "devserver_schemas"
-    installed = install_job(job, loras_dir=models_dir / "loras", schemas_dir=schemas,
-                            config_name=_free_config_name(schemas, OUTPUT_NAME))
-    result = DemoResult(out_dir=str(out), job_id=job.id, job_state=job.state, lora_path=installed.lora_path,
-                        config_name=installed.config_name, config_path=installed.config_path,
-                        checkpoint=str(checkpoint), warnings=installed.warnings)
-    # 6. before/after renders through a real ComfyUI.
-    if comfyui_url:
-        renders = out / "renders"
-        renders.mkdir(exist_ok=True)
-        result.renders, result.pixel_difference = asyncio.run(
-            _render_pair(comfyui_url, checkpoint.name, installed.lora_name, renders)
+        arch = read_header(installed.lora_path).metadata[ARCH_KEY]
+        schemas = out / "devserver_schemas"
+        config_name, config_path = write_demo_config(job, installed.lora_name, arch, schemas, checkpoint.name)
+        result = DemoResult(
+            out_dir=str(out), job_id=job.id, job_state=job.state, lora_path=installed.lora_path,
+            lora_name=installed.lora_name, arch=arch, steps=steps, final_loss=_final_loss(job),
+            config_name=config_name, config_path=str(config_path), schemas_dir=str(schemas),
+            base_model_file=str(checkpoint), comfyui_url=renderer.url, comfyui_started=renderer.started,
+            loras_dir=str(models_dir / "loras"),
+            warnings=[w for w in installed.warnings if not w.startswith(_NO_SCHEMAS_NOTE)],
         )
+        # 6. before/after renders through a real ComfyUI.
+        if renderer.url:
+            result.renders, result.pixel_difference = asyncio.run(
+                _render_pair(renderer.url, checkpoint.name, installed.lora_name, out / "renders")
+            )
+    except BaseException:
+        if renderer.started and renderer.base:
+            stop(BaseDir(Path(renderer.base)))  # started for this run, which failed: leave nothing behind
+        raise
+    result.next_commands = next_commands(result, renderer)
     atomic_write_json(out / "demo_result.json", result.model_dump(mode="json"))
     return result

@@ -11,8 +11,6 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +19,7 @@ from typing import Any
 import torch
 
 from ...errors import BackendError
+from ...paths import publish_path
 from ..dataset.manifest import DatasetManifest
 
 CLIP_LENGTH = 77
@@ -166,14 +165,7 @@ def _release() -> None:
 
 def save_caches(caches: Caches, path: Path) -> None:
     """Atomic: a crash mid-write leaves the old cache or none, never a torn one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".cache.", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(caches.__dict__, tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    publish_path(path, lambda tmp: torch.save(caches.__dict__, tmp), overwrite=True)
 
 
 def load_caches(path: Path, key: str) -> Caches | None:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -22,6 +20,7 @@ from typing import Any
 import torch
 
 from ...errors import BackendError
+from ...paths import publish_path
 from .caches import Caches
 from .lora_export import TRAINABLE_MODULES
 from .objective import flow_loss, noisy_input, sample_sigmas, timesteps_for
@@ -357,17 +356,7 @@ class LoraTrainer:
 
 def save_state(state: dict[str, Any], path: Path) -> Path:
     """Write the resume state atomically (a kill mid-write leaves the previous state intact)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".state.", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
+    return publish_path(path, lambda tmp: torch.save(state, tmp), overwrite=True)
 
 
 def load_state(path: Path) -> dict[str, Any] | None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ import torch
 from safetensors.torch import save_file
 
 from ...errors import BackendError, Problem
-from ...paths import copy_no_overwrite
+from ...paths import publish_path
 
 ExportFormat = Literal["kohya", "diffusers"]
 
@@ -276,12 +275,4 @@ def lora_metadata(
 
 def save_lora(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], dest: str | os.PathLike[str]) -> Path:
     """Write the LoRA next to `dest` under a free name (a trained file is never overwritten); returns the path."""
-    target = Path(dest)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".export.", suffix=".safetensors", dir=target.parent)
-    os.close(fd)
-    try:
-        save_file(dict(tensors), tmp, metadata=dict(metadata))
-        return copy_no_overwrite(tmp, target)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    return publish_path(dest, lambda tmp: save_file(dict(tensors), str(tmp), metadata=dict(metadata)))
