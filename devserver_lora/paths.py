@@ -97,7 +97,7 @@ def _fsync_dir(path: Path) -> None:
 
 
 def publish_file(
-    dest: str | os.PathLike[str], write: Callable[[BinaryIO], None], *, overwrite: bool = False
+    dest: str | os.PathLike[str], write: Callable[[BinaryIO], object], *, overwrite: bool = False
 ) -> Path:
     """Write a file through `write(fh)` into a temp file beside `dest`, then publish it atomically.
 
