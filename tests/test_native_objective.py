@@ -7,6 +7,7 @@ import torch
 
 from devserver_lora.train.native.objective import (
     flow_loss,
+    loss_weights,
     noisy_input,
     sample_density,
     sample_sigmas,
@@ -60,5 +61,42 @@ def test_noisy_input_interpolates_between_data_and_noise() -> None:
 def test_flow_loss_is_zero_for_the_true_velocity_and_positive_otherwise() -> None:
     x0, noise = torch.randn(2, 16, 4, 4), torch.randn(2, 16, 4, 4)
     sig = torch.tensor([0.3, 0.7])
-    assert float(flow_loss(noise - x0, x0, noise, sig)) == pytest.approx(0.0, abs=1e-10)
-    assert float(flow_loss(torch.zeros_like(x0), x0, noise, sig)) > 0.5
+    assert float(flow_loss(noise - x0, x0, noise, sig, "logit_normal")) == pytest.approx(0.0, abs=1e-10)
+    assert float(flow_loss(torch.zeros_like(x0), x0, noise, sig, "logit_normal")) > 0.5
+
+
+# --- parity with diffusers (issue 10 item 9): the density, the weighting and the shift are diffusers' ----------
+
+
+@pytest.mark.parametrize("scheme", ["logit_normal", "mode", "uniform"])
+def test_density_draws_what_diffusers_draws(scheme: str) -> None:
+    from diffusers.training_utils import compute_density_for_timestep_sampling
+
+    ours = sample_density(512, scheme, logit_mean=0.3, logit_std=1.2, mode_scale=1.29,
+                          generator=torch.Generator().manual_seed(7))
+    theirs = compute_density_for_timestep_sampling(scheme, 512, logit_mean=0.3, logit_std=1.2, mode_scale=1.29,
+                                                   generator=torch.Generator().manual_seed(7))
+    assert torch.equal(ours, theirs)
+
+
+@pytest.mark.parametrize("scheme", ["logit_normal", "mode", "uniform", "sigma_sqrt", "cosmap", "none"])
+def test_loss_weights_are_diffusers_sd3_weights(scheme: str) -> None:
+    from diffusers.training_utils import compute_loss_weighting_for_sd3
+
+    sigmas = torch.linspace(0.05, 0.95, 19)
+    assert torch.allclose(loss_weights(sigmas, scheme), compute_loss_weighting_for_sd3(scheme, sigmas).float())
+    x0, noise = torch.randn(19, 4, 2, 2), torch.randn(19, 4, 2, 2)
+    pred = torch.zeros_like(x0)
+    per_sample = ((pred - (noise - x0)) ** 2).reshape(19, -1).mean(dim=1)
+    expected = (compute_loss_weighting_for_sd3(scheme, sigmas).float() * per_sample).mean()
+    assert float(flow_loss(pred, x0, noise, sigmas, scheme)) == pytest.approx(float(expected), rel=1e-6)
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0, 0.5])
+def test_shift_is_the_flow_match_schedulers_shift(shift: float) -> None:
+    """The one formula kept here: diffusers' FlowMatchEulerDiscreteScheduler shifts its training sigmas so."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    plain = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0).sigmas
+    shifted = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift).sigmas
+    assert torch.allclose(shift_sigmas(plain, shift), shifted, atol=1e-6)

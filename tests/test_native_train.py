@@ -29,7 +29,7 @@ from devserver_lora.train.native.caches import TextEncoder, build_caches
 from devserver_lora.train.native.loop import LoopSettings, LoraTrainer
 from devserver_lora.train.native.models import ModelSource
 from devserver_lora.train.native.objective import flow_loss, noisy_input, timesteps_for
-from devserver_lora.train.plan import make_plan
+from devserver_lora.train.plan import SCHEDULERS, make_plan
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,7 +66,7 @@ def _eval_loss(model, caches, seed: int = 123) -> float:
     with torch.no_grad():
         pred = model(hidden_states=noisy_input(lat, noise, sig), encoder_hidden_states=caches.context.repeat(4, 1, 1),
                      pooled_projections=caches.pooled.repeat(4, 1), timestep=timesteps_for(sig), return_dict=False)[0]
-    return float(flow_loss(pred, lat, noise, sig))
+    return float(flow_loss(pred, lat, noise, sig, "none"))  # unweighted
 
 
 def test_loss_falls_on_a_planted_concept(planted: Path) -> None:
@@ -230,26 +230,59 @@ def test_preflight_explains_unsupported_family_and_missing_or_wrong_models(tmp_p
     assert job.events()[-1]["type"] == "error"
 
 
-def test_schedulers_follow_warmup_cosine_and_linear() -> None:
-    from devserver_lora.train.native.loop import _scheduler
+def _lrs(make, steps: int = 12) -> list[float]:
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = make(opt)
+    out = []
+    for _ in range(steps):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return out
 
-    def lrs(name: str, warmup: int) -> list[float]:
-        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-        sched = _scheduler(name, opt, warmup, 10)
-        out = []
-        for _ in range(10):
-            out.append(opt.param_groups[0]["lr"])
-            opt.step()
-            sched.step()
-        return out
 
-    assert lrs("constant", 0) == [1.0] * 10
-    assert lrs("constant_with_warmup", 4)[:5] == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0])
-    cos = lrs("cosine", 0)
-    assert cos[0] == 1.0 and cos[5] == pytest.approx(0.5) and all(a >= b for a, b in zip(cos, cos[1:], strict=False))
-    assert lrs("linear", 0) == pytest.approx([1.0 - i / 10 for i in range(10)])
-    with pytest.raises(BackendError, match="no learning-rate scheduler 'polynomial'"):
-        lrs("polynomial", 0)
+@pytest.mark.parametrize("name", SCHEDULERS)
+@pytest.mark.parametrize("warmup", [0, 3])
+def test_native_schedules_are_the_ones_kohya_uses(name: str, warmup: int) -> None:
+    """sd-scripts (train_util.get_scheduler_fix at the pin) builds every schedule with transformers'
+    TYPE_TO_SCHEDULER_FUNCTION: warmup in optimizer steps, one cycle, power 1, and no warmup for "constant".
+    The native backend must follow the same curve, step for step."""
+    from transformers.optimization import TYPE_TO_SCHEDULER_FUNCTION, SchedulerType
+
+    from devserver_lora.train.native.loop import lr_scheduler
+
+    def kohya(opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+        func = TYPE_TO_SCHEDULER_FUNCTION[SchedulerType(name)]
+        if name == "constant":
+            return func(opt)
+        if name == "constant_with_warmup":
+            return func(opt, num_warmup_steps=warmup)
+        extra = {"num_cycles": 1} if name == "cosine_with_restarts" else {"power": 1.0} if name == "polynomial" else {}
+        return func(opt, num_warmup_steps=warmup, num_training_steps=12, **extra)
+
+    assert _lrs(lambda opt: lr_scheduler(name, opt, warmup, 12)) == pytest.approx(_lrs(kohya), abs=1e-9)
+
+
+def test_schedule_resumes_where_it_stopped_and_unknown_names_are_refused() -> None:
+    from devserver_lora.train.native.loop import lr_scheduler
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = lr_scheduler("cosine", opt, 2, 10)
+    for _ in range(5):
+        opt.step()
+        sched.step()
+    saved = sched.state_dict()
+    opt2 = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    resumed = lr_scheduler("cosine", opt2, 2, 10)
+    resumed.load_state_dict(saved)
+    for _ in range(3):
+        sched.step()
+        resumed.step()
+        assert opt2.param_groups[0]["lr"] == pytest.approx(opt.param_groups[0]["lr"])
+    assert 0 < opt.param_groups[0]["lr"] < 1
+    for name in ("warp", "piecewise_constant"):
+        with pytest.raises(BackendError, match=f"no learning-rate scheduler {name!r}"):
+            lr_scheduler(name, opt, 0, 10)
 
 
 def test_augmentations_and_checkpointing_paths_train(planted: Path) -> None:

@@ -38,10 +38,8 @@ __all__ = [
 OPTIMIZERS = ("AdamW", "AdamW8bit", "Adafactor", "Prodigy")
 SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "cosine_with_restarts", "linear", "polynomial")
 BACKEND_OPTIMIZERS: dict[str, tuple[str, ...]] = {"kohya": OPTIMIZERS, "native": ("AdamW", "AdamW8bit")}
-BACKEND_SCHEDULERS: dict[str, tuple[str, ...]] = {
-    "kohya": SCHEDULERS,
-    "native": ("constant", "constant_with_warmup", "cosine", "linear"),
-}
+# Both backends take their schedules from diffusers'/transformers' `get_scheduler` (native/loop.py).
+BACKEND_SCHEDULERS: dict[str, tuple[str, ...]] = {"kohya": SCHEDULERS, "native": SCHEDULERS}
 BackendName = Literal["kohya", "native"]
 
 

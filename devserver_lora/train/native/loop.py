@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.optim.lr_scheduler import LRScheduler
 
 from ...errors import BackendError
 from ...paths import publish_path
+from ..plan import SCHEDULERS
 from .caches import Caches
 from .lora_export import TRAINABLE_MODULES
 from .objective import flow_loss, noisy_input, sample_sigmas, timesteps_for
@@ -112,25 +114,18 @@ def lora_target_modules(transformer: torch.nn.Module) -> list[str]:
     return names
 
 
-def _scheduler(name: str, optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
-    def factor(step: int) -> float:
-        if name in ("constant_with_warmup", "cosine", "linear") and warmup and step < warmup:
-            return (step + 1) / warmup
-        if name == "cosine":
-            progress = (step - warmup) / max(1, total - warmup)
-            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-        if name == "linear":
-            return max(0.0, (total - step) / max(1, total - warmup))
-        if name in ("constant", "constant_with_warmup"):
-            return 1.0
+def lr_scheduler(name: str, optimizer: torch.optim.Optimizer, warmup: int, total: int) -> LRScheduler:
+    """The learning-rate schedule `name`: diffusers' `get_scheduler`, called as sd-scripts calls it (one cycle,
+    power 1, warmup in optimizer steps), so both backends follow the same curve for the same plan."""
+    from diffusers.optimization import SchedulerType, get_scheduler
+
+    if name not in {t.value for t in SchedulerType} or name == SchedulerType.PIECEWISE_CONSTANT.value:
         raise BackendError(
             f"the native backend has no learning-rate scheduler {name!r}",
-            hint="use constant, constant_with_warmup, cosine or linear (or the kohya backend)",
+            hint=f"use one of {', '.join(SCHEDULERS)}",
             diagnosis="unsupported_scheduler",
         )
-
-    factor(0)  # fail early on an unknown name
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total)
 
 
 class LoraTrainer:
@@ -163,7 +158,7 @@ class LoraTrainer:
             transformer.enable_gradient_checkpointing()
         transformer.train()
         self.optimizer = self._optimizer()
-        self.lr_scheduler = _scheduler(settings.lr_scheduler, self.optimizer, settings.lr_warmup_steps, settings.total_steps)
+        self.lr_scheduler = lr_scheduler(settings.lr_scheduler, self.optimizer, settings.lr_warmup_steps, settings.total_steps)
         self.model, self.optimizer = self.accelerator.prepare(transformer, self.optimizer)
         self.generator = torch.Generator().manual_seed(self._noise_seed(0))
         self.step = 0
@@ -261,7 +256,7 @@ class LoraTrainer:
                 timestep=timesteps_for(sigmas).to(device),
                 return_dict=False,
             )[0]
-            loss = flow_loss(pred, latents.to(device), noise.to(device), sigmas.to(device))
+            loss = flow_loss(pred, latents.to(device), noise.to(device), sigmas.to(device), self.s.weighting_scheme)
             self.accelerator.backward(loss * scale)
         return float(loss.detach())
 

@@ -5,16 +5,22 @@ noise - x0. Sigmas come from a density over [0, 1] ("logit_normal", "mode" or "u
 then the family's shift (3.0 for SD3) pushes them towards the noisy end, exactly as the
 FlowMatch scheduler shifts its sigmas at inference. The model is conditioned on
 timestep = sigma * 1000, the scale ComfyUI and diffusers use for SD3.
+
+The density and the loss weighting are diffusers' own (`diffusers.training_utils`; its SD3 LoRA
+script uses them, and sd-scripts carries copies of the same two functions). The continuous shift
+is the formula of diffusers' `FlowMatchEulerDiscreteScheduler`, which offers no function for it
+(tests/test_native_objective.py holds it to that scheduler's sigmas).
 """
 
 from __future__ import annotations
 
-import math
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
+from diffusers.training_utils import compute_density_for_timestep_sampling, compute_loss_weighting_for_sd3
 
 WeightingScheme = Literal["logit_normal", "mode", "uniform"]
+WEIGHTING_SCHEMES: tuple[str, ...] = get_args(WeightingScheme)
 NUM_TRAIN_TIMESTEPS = 1000
 
 
@@ -28,16 +34,13 @@ def sample_density(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Draw `batch` values u in (0, 1) from the SD3 timestep density (before the shift)."""
-    if scheme == "logit_normal":
-        normal = torch.randn(batch, generator=generator) * logit_std + logit_mean
-        return torch.sigmoid(normal)
-    uniform = torch.rand(batch, generator=generator)
-    if scheme == "mode":
-        # The SD3 paper's "mode sampling with heavy tails": more mass in the middle, tails kept.
-        return 1.0 - uniform - mode_scale * (torch.cos(math.pi * uniform / 2) ** 2 - 1.0 + uniform)
-    if scheme == "uniform":
-        return uniform
-    raise ValueError(f"unknown timestep weighting scheme {scheme!r}: use logit_normal, mode or uniform")
+    if scheme not in WEIGHTING_SCHEMES:
+        # diffusers samples uniformly for any name it does not know; a typo must not change the training.
+        raise ValueError(f"unknown timestep weighting scheme {scheme!r}: use logit_normal, mode or uniform")
+    return compute_density_for_timestep_sampling(
+        weighting_scheme=scheme, batch_size=batch, logit_mean=logit_mean, logit_std=logit_std,
+        mode_scale=mode_scale, generator=generator,
+    )
 
 
 def shift_sigmas(u: torch.Tensor, shift: float) -> torch.Tensor:
@@ -80,19 +83,14 @@ def timesteps_for(sigmas: torch.Tensor) -> torch.Tensor:
     return sigmas * NUM_TRAIN_TIMESTEPS
 
 
-def loss_weights(sigmas: torch.Tensor, scheme: str = "none") -> torch.Tensor:
-    """Per-sample loss weights. The density schemes already put the emphasis where SD3 wants it,
-    so their weight is 1 (as in SD3's own recipe); "sigma_sqrt" and "cosmap" are kept for completeness."""
-    if scheme == "sigma_sqrt":
-        return (sigmas**-2.0).float()
-    if scheme == "cosmap":
-        bot = 1 - 2 * sigmas + 2 * sigmas**2
-        return (2 / (math.pi * bot)).float()
-    return torch.ones_like(sigmas, dtype=torch.float32)
+def loss_weights(sigmas: torch.Tensor, scheme: str) -> torch.Tensor:
+    """Per-sample loss weights for `scheme`, as diffusers' SD3 script and sd-scripts compute them: 1 for the
+    density schemes (the density already puts the emphasis where SD3 wants it), else "sigma_sqrt" or "cosmap"."""
+    return compute_loss_weighting_for_sd3(weighting_scheme=scheme, sigmas=sigmas).float()
 
 
 def flow_loss(
-    model_pred: torch.Tensor, latents: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor, scheme: str = "none"
+    model_pred: torch.Tensor, latents: torch.Tensor, noise: torch.Tensor, sigmas: torch.Tensor, scheme: str
 ) -> torch.Tensor:
     """Weighted mean squared error between the predicted and the true velocity (a scalar)."""
     target = velocity_target(latents, noise)
