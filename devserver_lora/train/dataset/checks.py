@@ -9,11 +9,12 @@ Per image (run in a process pool, both cores):
 Per caption: caption_not_utf8 (error); caption_missing, caption_empty, caption_too_long (CLIP families,
   see captions.py for the token estimate), trigger_missing (warnings).
 Across images: duplicate_exact (same bytes or same normalised pixels; the copy is dropped),
-  duplicate_near (difference hash within `near_duplicate_distance` bits) (warnings); no_images,
+  duplicate_near (the same picture re-encoded, resized or slightly cropped, in the same colours: see
+  likeness.py) (warnings); no_images,
   too_few_images (error below half the preset's minimum, warning below it), too_many_images (warning).
 
 Decoding cost is bounded for checks: JPEGs are decoded with `Image.draft` at 1/8 scale (the whole
-entropy-coded stream is still read, so truncation is still caught) and the hash is taken from a
+entropy-coded stream is still read, so truncation is still caught) and the fingerprints are taken from a
 `reduce`d thumbnail. With `normalise=True` (prepare), the full image is decoded and written as PNG.
 """
 
@@ -45,6 +46,7 @@ from .captions import (
     has_trigger,
 )
 from .importers import Source
+from .likeness import Likeness, likeness, near_copies
 
 RESIZE_POLICIES = ("fit", "crop", "keep")
 INLINE_BELOW = 16  # fewer images than this: no process pool (starting one costs more than it saves)
@@ -56,7 +58,6 @@ class CheckOptions:
     preset: str | None = None
     resolution: int | None = None
     trigger: str | None = None
-    near_duplicate_distance: int = 4
     max_aspect_ratio: float = 3.0
     small_area_fraction: float = 0.5
     # prepare only
@@ -87,6 +88,7 @@ class ImageResult:
     width: int = 0
     height: int = 0
     dhash: int | None = None
+    likeness: Likeness | None = None
     problems: list[Problem] = field(default_factory=list)
     out_path: str | None = None
     out_sha256: str | None = None
@@ -260,6 +262,7 @@ def analyse_image(path: str, source: str, opts: CheckOptions) -> ImageResult:
     res.width, res.height = width, height
     img = _to_rgb(img, _png_bit_depth(data), note)
     res.dhash = dhash(img)
+    res.likeness = likeness(img)
     target = opts.target_resolution()
     if width * height < opts.small_area_fraction * target * target:
         note("image_too_small", f"{width}x{height} px is small for training at {target} px; it will be blurry",
@@ -349,11 +352,8 @@ def check_captions(source: Source, opts: CheckOptions) -> tuple[list[str | None]
     return captions, problems
 
 
-def _popcount64(x: np.ndarray) -> np.ndarray:
-    return np.unpackbits(x.view(np.uint8).reshape(*x.shape, 8), axis=-1).sum(axis=-1)
-
-
-def duplicate_problems(results: list[ImageResult], max_distance: int) -> list[Problem]:
+def duplicate_problems(results: list[ImageResult]) -> list[Problem]:
+    """Exact copies (same file bytes or same normalised pixels) and near-copies (likeness.py) among `results`."""
     problems: list[Problem] = []
     first_by_hash: dict[str, str] = {}
     exact: set[int] = set()
@@ -369,22 +369,19 @@ def duplicate_problems(results: list[ImageResult], max_distance: int) -> list[Pr
             continue
         for k in keys:
             first_by_hash.setdefault(k, r.source)
-    idxs = [i for i, r in enumerate(results) if r.ok and r.dhash is not None and i not in exact]
-    if len(idxs) > 1:
-        hashes = np.array([results[i].dhash for i in idxs], dtype=np.uint64)
-        dist = _popcount64(hashes[:, None] ^ hashes[None, :])
-        reported: set[int] = set()
-        for a in range(len(idxs)):
-            for b in np.nonzero(dist[a, a + 1 :] <= max_distance)[0] + a + 1:
-                if b in reported:
-                    continue
-                reported.add(int(b))
-                ra, rb = results[idxs[a]], results[idxs[int(b)]]
-                problems.append(Problem(
-                    f"looks almost the same as {ra.source} ({int(dist[a, b])} of 64 hash bits differ)",
-                    file=rb.source, code="duplicate_near", severity="warning",
-                    hint="near-copies make the LoRA memorise one picture; keep the better one",
-                    extra={"duplicate_of": ra.source, "distance": int(dist[a, b])}))
+    kept = [r for i, r in enumerate(results) if r.ok and r.likeness is not None and i not in exact]
+    reported: set[int] = set()
+    for pair in near_copies([r.likeness for r in kept if r.likeness is not None]):
+        if pair.second in reported:
+            continue
+        reported.add(pair.second)
+        first, copy = kept[pair.first], kept[pair.second]
+        problems.append(Problem(
+            f"looks like a copy of {first.source} (re-encoded, resized or slightly cropped: layout match "
+            f"{pair.layout:.2f}, colours within {pair.colour:g} of 255 levels)",
+            file=copy.source, code="duplicate_near", severity="warning",
+            hint="near-copies make the LoRA memorise one picture; keep the better one",
+            extra={"duplicate_of": first.source, "layout": pair.layout, "colour_distance": pair.colour}))
     return problems
 
 
@@ -417,7 +414,7 @@ def run_checks(source: Source, opts: CheckOptions) -> CheckReport:
     for r in results:
         problems.extend(r.problems)
     problems.extend(caption_problems)
-    dups = duplicate_problems(results, opts.near_duplicate_distance)
+    dups = duplicate_problems(results)
     problems.extend(dups)
     dropped = {p.file for p in dups if p.code == "duplicate_exact"}
     usable = sum(1 for r, c in zip(results, captions, strict=True)

@@ -36,7 +36,7 @@ class ManifestImage(BaseModel):
     source_mode: str
     source_format: str | None = None
     caption: str
-    dhash: str = Field(description="64-bit difference hash (hex) of the image, for near-duplicate checks")
+    dhash: str = Field(description="64-bit grey difference hash (hex) of the image: a coarse identity of its layout")
     source: str = Field(description="where this image came from (file name, ZIP member, ...)")
 
 
