@@ -30,9 +30,15 @@ TRAIN_LAYERS: list[set[str]] = [
     {"train.dataset"},
     {"train.memory", "train.gpu", "train.plan"},
     {"train.jobs"},
+    # What a running job writes about itself: eval settings, samples, the loss plot, the report (backends use them).
+    {"train.evaluate.settings", "train.evaluate.pngtext", "train.evaluate.samples", "train.evaluate.lossplot",
+     "train.evaluate.results", "train.evaluate.sheets", "train.evaluate.metrics", "train.evaluate.report_html",
+     "train.evaluate.report", "train.evaluate.live"},
     {"train.kohya", "train.native", "train.backends", "train.runner"},
     {"train.install"},
     {"train.progress_view"},
+    # `evaluate`: renders through ComfyUI, so it sits with the demo above everything it evaluates.
+    {"train.evaluate", "train.evaluate.render", "train.evaluate.run"},
     {"train.demo"},
     {"train.commands", "train.cli", "train.__main__"},
 ]
@@ -41,7 +47,7 @@ ROOT_ATTRIBUTES = ("__version__",)
 TESTING_USERS = ("train.native", "train.demo", "commands", "train.commands")
 # What training may use of the core: everything below the client; the client only where a demo renders.
 TRAIN_MAY_USE_CORE_RANK = 4
-COMFY_USERS = ("train.demo", "train.commands")
+COMFY_USERS = ("train.demo", "train.commands", "train.evaluate.render", "train.evaluate.run")
 CONSOLE_USERS = ("train.commands", "train.cli", "train.progress_view")
 
 # Known violations that are not ours to fix yet (files owned by another engineer), each with its reason.

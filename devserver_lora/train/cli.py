@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "devserver_lora.train.commands.check_cmds",
     "devserver_lora.train.commands.run_cmds",
     "devserver_lora.train.commands.install_cmds",
+    "devserver_lora.train.commands.eval_cmds",
     "devserver_lora.train.commands.demo_cmds",
 )
 

@@ -41,6 +41,7 @@ class ProgressEvent(_Event):
     loss_is_nan: bool = False
     eta_s: float | None = None
     it_per_s: float | None = None
+    lr: float | None = None  # the learning rate of this step, where the backend knows it (native)
 
     @model_validator(mode="before")
     @classmethod
@@ -88,6 +89,20 @@ class ErrorEvent(_Event):
     hint: str | None = None
 
 
+class SampleEvent(_Event):
+    """A sample image rendered during training (native backend in-process, Kohya by sd-scripts' own sampler).
+
+    `path` is the PNG in the job's `samples/` folder; `index` is the prompt's place in the job's sample prompts.
+    """
+
+    type: Literal["sample"] = "sample"
+    path: str
+    step: int = Field(ge=0)
+    index: int = Field(ge=0)
+    prompt: str
+    seed: int | None = None
+
+
 class DoneEvent(_Event):
     type: Literal["done"] = "done"
     lora_path: str
@@ -95,7 +110,7 @@ class DoneEvent(_Event):
 
 
 Event = Annotated[
-    StateEvent | ProgressEvent | CheckpointEvent | LogEvent | ErrorEvent | DoneEvent,
+    StateEvent | ProgressEvent | CheckpointEvent | SampleEvent | LogEvent | ErrorEvent | DoneEvent,
     Field(discriminator="type"),
 ]
 _ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
@@ -109,7 +124,7 @@ def parse_event(data: dict[str, Any]) -> Event:
         kind = data.get("type") if isinstance(data, dict) else None
         raise JobError(
             f"malformed job event of type {kind!r}: {exc.errors()[0]['msg']}",
-            hint="known types: state, progress, checkpoint, log, error, done",
+            hint="known types: state, progress, checkpoint, sample, log, error, done",
         ) from exc
 
 

@@ -21,6 +21,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +120,28 @@ def _append_state(job: Any, state: str, message: str = "") -> None:
 
 def run_worker(job: Any, settings: Any, *, backend: str, resume: bool, num_processes: int = 1,
                stop: threading.Event | None = None) -> int:
-    """The worker body (also usable in-process): run the backend and record the outcome. Returns an exit code."""
+    """The worker body (also usable in-process): run the backend (the loss plot is redrawn meanwhile), write the
+    job's report, then record the outcome. The report comes first so that whoever sees the final state finds it."""
+    from .evaluate.live import LivePlot, finish
+
+    with LivePlot(job):
+        outcome = _run_backend(job, settings, backend=backend, resume=resume, num_processes=num_processes, stop=stop)
+    finish(job, state=outcome.state, message=outcome.info.get("message"))
+    job.set_state(outcome.state, **outcome.info)
+    _append_state(job, outcome.state, outcome.event_message)
+    return outcome.code
+
+
+@dataclass
+class _Outcome:
+    code: int
+    state: str
+    info: dict[str, Any]
+    event_message: str
+
+
+def _run_backend(job: Any, settings: Any, *, backend: str, resume: bool, num_processes: int,
+                 stop: threading.Event | None) -> _Outcome:
     from .backends import get_backend
 
     stop = stop or threading.Event()
@@ -132,31 +154,25 @@ def run_worker(job: Any, settings: Any, *, backend: str, resume: bool, num_proce
         path = chosen.run(job, resume=resume, stop=stop)
     except BackendError as exc:
         if exc.diagnosis == "cancelled":
-            job.set_state("cancelled", message="cancelled; finished checkpoints are kept", diagnosis="cancelled")
-            _append_state(job, "cancelled", "cancelled; finished checkpoints are kept")
-            return 0
-        _record_failure(job, exc, diagnosis=exc.diagnosis)
-        return 1
+            kept = "cancelled; finished checkpoints are kept"
+            return _Outcome(0, "cancelled", {"message": kept, "diagnosis": "cancelled"}, kept)
+        return _failure(job, exc, diagnosis=exc.diagnosis)
     except DevserverLoraError as exc:
-        _record_failure(job, exc, diagnosis=None)
-        return 1
+        return _failure(job, exc, diagnosis=None)
     except Exception as exc:  # noqa: BLE001 - a worker must always leave a final state behind
         traceback.print_exc()
-        _record_failure(job, exc, diagnosis="internal_error")
-        return 1
-    job.set_state("done", lora_path=str(path), message=f"trained {Path(path).name}", diagnosis=None)
-    _append_state(job, "done", f"trained {Path(path).name}")
-    return 0
+        return _failure(job, exc, diagnosis="internal_error")
+    trained = f"trained {Path(path).name}"
+    return _Outcome(0, "done", {"lora_path": str(path), "message": trained, "diagnosis": None}, trained)
 
 
-def _record_failure(job: Any, exc: Exception, *, diagnosis: str | None) -> None:
+def _failure(job: Any, exc: Exception, *, diagnosis: str | None) -> _Outcome:
     message = getattr(exc, "message", str(exc))
     hint = getattr(exc, "hint", None)
     last = job.events()[-3:]
     if not any(e.get("type") == "error" and e.get("message") == message for e in last):
         job.append_event(ErrorEvent(diagnosis=diagnosis, message=message, hint=hint))
-    job.set_state("failed", message=message, hint=hint, diagnosis=diagnosis)
-    _append_state(job, "failed", message)
+    return _Outcome(1, "failed", {"message": message, "hint": hint, "diagnosis": diagnosis}, message)
 
 
 def _load_job(job_dir: Path) -> Any:

@@ -276,8 +276,11 @@ def build_command(
     resume_state: Path | None = None,
     num_processes: int = 1,
     write: bool = True,
+    extra_config: dict[str, Any] | None = None,
 ) -> KohyaCommand:
-    """Write dataset.toml and config.toml into `work_dir` and return the argv (a list, never a shell string)."""
+    """Write dataset.toml and config.toml into `work_dir` and return the argv (a list, never a shell string).
+
+    `extra_config`: more `--config_file` keys (the job's sampling options), checked like the plan's own."""
     from ...paths import atomic_write_text
 
     fam = get_family(plan.family)
@@ -287,6 +290,7 @@ def build_command(
     problems = check_dataset_config(ds, file=str(dataset_toml))
     cfg = train_config(plan, models, dataset_toml=dataset_toml, output_dir=output_dir,
                        tokenizer_cache_dir=tokenizer_cache_dir)
+    cfg.update(extra_config or {})  # e.g. sampling (kohya/samples.py): checked below like every other key
     problems += check_config(plan.family, cfg, file=str(config_toml))
     extra = fixed_args(plan, logging_dir)
     if resume_state is not None:

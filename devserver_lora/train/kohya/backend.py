@@ -29,6 +29,7 @@ from ..events import CheckpointEvent, DoneEvent, ErrorEvent, LogEvent, ProgressE
 from . import args as kargs
 from . import models as kmodels
 from . import progress as kprog
+from . import samples as ksamples
 from . import venv as kvenv
 from .diagnose import Diagnosis, Watcher, diagnose
 
@@ -74,6 +75,7 @@ class KohyaBackend:
         self.progress_interval_s = progress_interval_s
         self.nan_limit = nan_limit
         self.grace_s = grace_s
+        self.samples_off = False
 
     # ---------------------------------------------------------------- checks
     def preflight(self, job: Any, *, probe: bool = True) -> list[Problem]:
@@ -125,7 +127,15 @@ class KohyaBackend:
         atomic_write_json(Path(job.work_dir) / "command.json", {"argv": cmd.argv, "cwd": str(cmd.cwd)})
         what = f"resuming from {resume_state.name} at step {offset}" if resume_state else "starting"
         job.append_event(LogEvent(message=f"{what}: {' '.join(cmd.argv[:2])} (attempt {attempt.index})"))
-        return self._supervise(job, plan, install, cmd, attempt, stop)
+        try:
+            return self._supervise(job, plan, install, cmd, attempt, stop)
+        except _SamplingCrashed as crash:
+            # A sample must never cost the run: go on from the last saved state, without samples.
+            job.append_event(LogEvent(level="warning", message=f"sd-scripts stopped while rendering samples{crash.at} "
+                                      f"({crash.diagnosis.message}); training goes on without samples"))
+            self.samples_off = True
+            return self.run(job, resume=_last_state(root, _read_ledger(root), plan.output_name)[0] is not None,
+                            stop=stop)
 
     def _command(self, job: Any, attempt: _Attempt, resume_state: Path | None, *, write: bool):
         plan = job.plan
@@ -152,8 +162,22 @@ class KohyaBackend:
             resume_state=resume_state,
             num_processes=self.num_processes,
             write=write,
+            extra_config=ksamples.sample_config(self._eval_settings(job), Path(job.work_dir), write=write),
         )
         return install, cmd
+
+    def _eval_settings(self, job: Any) -> Any:
+        """The job's sample prompts and interval (None: no samples, e.g. after sampling crashed sd-scripts)."""
+        if self.samples_off:
+            return None
+        from ..evaluate.settings import load_eval_settings
+
+        try:
+            return load_eval_settings(job)
+        except Exception as exc:  # noqa: BLE001 - a broken eval_settings.json costs the samples, not the run
+            job.append_event(LogEvent(level="warning", message=f"no samples during training: {exc}"))
+            self.samples_off = True
+            return None
 
     def _env(self, install: kvenv.KohyaInstall, family: str) -> dict[str, str]:
         env = dict(os.environ)
@@ -184,6 +208,8 @@ class KohyaBackend:
                                diagnosis="kohya_venv_broken") from exc
         _record_child(job, proc.pid)
         state = _RunState(job, plan, attempt, outputs, self.progress_interval_s)
+        state.samples = ksamples.SampleWatcher(job, self._eval_settings(job), attempt.dir, offset=attempt.offset,
+                                               output_name=plan.output_name)
         stopper = threading.Thread(target=self._stop_when, args=(stop, proc, state), daemon=True)
         stopper.start()
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -223,6 +249,7 @@ class KohyaBackend:
         stopper.join(timeout=5)
         state.flush_progress()
         state.publish_ready(final=True)
+        state.samples.poll(final=True)
         final_src = attempt.dir / f"{plan.output_name}.safetensors"
         final = state.published.get(final_src.name)
         diag = diagnose(
@@ -232,6 +259,8 @@ class KohyaBackend:
             plan=plan,
             cancelled=stop_requested,
         )
+        if diag is not None and state.samples.sampling and not stop_requested:
+            raise _SamplingCrashed(diag, state.samples.sampling_step)
         if diag is not None:
             self._fail(job, diag)
         assert final is not None
@@ -276,16 +305,21 @@ class _RunState:
         self.stop_reason: str | None = None
         self.done = False
         self._logged: set[str] = set()
+        self.samples: ksamples.SampleWatcher | None = None
 
     def line(self, line: str) -> None:
         self.watcher.feed(line)
+        item = kprog.parse_line(line)
+        if self.samples is not None:
+            self.samples.line(line, trained=isinstance(item, kprog.StepLine))
+            if isinstance(item, kprog.StepLine):
+                self.samples.poll()  # a step after sampling: its files are complete
         if len(self.watcher.signs) > len(self._logged):
             for code, text in self.watcher.signs.items():
                 if code not in self._logged:
                     self._logged.add(code)
                     if code != "traceback":  # only a marker; the line after it says what happened
                         self.job.append_event(LogEvent(level="error", message=text[:500]))
-        item = kprog.parse_line(line)
         if item is None:
             return
         if self.pending:
@@ -308,6 +342,8 @@ class _RunState:
             self.publish_ready()
 
     def tick(self) -> None:
+        if self.samples is not None:
+            self.samples.poll()
         if self.pending:
             self.publish_ready()
         if self._unsent is not None and time.monotonic() - self._last_emit >= self.interval:
@@ -359,6 +395,15 @@ class _RunState:
             self.job.append_event(CheckpointEvent(path=str(dest), step=step if step is not None else self.last_step,
                                                   epoch=epoch if epoch is not None else self.epoch))
         self.pending = still
+
+
+class _SamplingCrashed(Exception):
+    """sd-scripts died after announcing samples and before its next step: the run goes on without samples."""
+
+    def __init__(self, diagnosis: Diagnosis, step: int | None) -> None:
+        super().__init__(diagnosis.message)
+        self.diagnosis = diagnosis
+        self.at = f" at step {step}" if step is not None else ""
 
 
 def _published_name(name: str, offset: int) -> tuple[str, int | None, int | None]:

@@ -171,21 +171,21 @@ class NativeBackend:
 
         key = cache_key(manifest, res, plan.hyper.flip_aug, _model_id(source))
         cache_path = job.work_dir / CACHE_FILE
+
+        def load_vae() -> Any:
+            return models.load_vae(source, dtype=dtype).to(device).eval()
+
+        def load_tes() -> list[TextEncoder]:
+            out = []
+            for kind, where in sorted(info.text_encoders.items()):
+                model = models.load_text_encoder(kind, where, source, dtype=dtype).to(device).eval()
+                out.append(TextEncoder(kind, model, models.load_tokenizer(kind, source)))
+            return out
+
         with shared.main_process_first():  # the others then read what the main process wrote
             caches = load_caches(cache_path, key)
             if caches is None:
                 job.append_event(LogEvent(message=f"encoding {manifest.num_images} images and captions (cached once)"))
-
-                def load_vae() -> Any:
-                    return models.load_vae(source, dtype=dtype).to(device).eval()
-
-                def load_tes() -> list[TextEncoder]:
-                    out = []
-                    for kind, where in sorted(info.text_encoders.items()):
-                        model = models.load_text_encoder(kind, where, source, dtype=dtype).to(device).eval()
-                        out.append(TextEncoder(kind, model, models.load_tokenizer(kind, source)))
-                    return out
-
                 caches = build_caches(
                     manifest, Path(plan.dataset_dir), resolution=res, flip=plan.hyper.flip_aug, load_vae=load_vae,
                     load_text_encoders=load_tes, joint_dim=config["joint_attention_dim"],
@@ -219,6 +219,9 @@ class NativeBackend:
         last_emit = 0.0
 
         main = trainer.accelerator.is_main_process  # with several GPUs only the main process writes
+        sampler = self._sampler(job, config, load_vae, load_tes, device, dtype) if main else None
+        if sampler is not None and trainer.step == 0 and sampler.due(0):
+            sampler.render(trainer.accelerator.unwrap_model(trainer.model), 0, autocast=trainer.accelerator.autocast)
 
         def on_step(r: Any) -> None:
             nonlocal last_emit
@@ -228,7 +231,7 @@ class NativeBackend:
             if r.step == 1 or r.step == r.total_steps or now - last_emit >= self.progress_interval_s or r.total_steps <= 200:
                 job.append_event(
                     ProgressEvent(step=r.step, total_steps=r.total_steps, epoch=r.epoch, total_epochs=r.total_epochs,
-                                  loss=r.loss, eta_s=r.eta_s, it_per_s=r.it_per_s)
+                                  loss=r.loss, eta_s=r.eta_s, it_per_s=r.it_per_s, lr=r.lr)
                 )
                 last_emit = now
             if not math.isfinite(r.loss):
@@ -238,6 +241,9 @@ class NativeBackend:
                     "checkpoints saved before this step are fine",
                     diagnosis="nan_loss",
                 )
+            if sampler is not None and sampler.due(r.step):
+                sampler.render(trainer.accelerator.unwrap_model(trainer.model), r.step,
+                               autocast=trainer.accelerator.autocast)
             if r.step >= r.total_steps:
                 return
             by_steps = settings.save_every_n_steps and r.step % settings.save_every_n_steps == 0
@@ -263,6 +269,23 @@ class NativeBackend:
         save_state(trainer.state_dict(), state_path)
         job.append_event(DoneEvent(lora_path=str(final), steps=reached))
         return final
+
+    @staticmethod
+    def _sampler(job: Any, config: dict[str, Any], load_vae: Any, load_tes: Any, device: Any, dtype: Any) -> Any:
+        """The in-process sampler for the job's sample prompts, or None when the job samples nothing."""
+        from ..evaluate.settings import load_eval_settings
+        from .sampling import NativeSampler
+
+        try:
+            settings = load_eval_settings(job)
+        except Exception as exc:  # noqa: BLE001 - a broken eval_settings.json costs the samples, not the run
+            job.append_event(LogEvent(level="warning", message=f"no samples during training: {exc}"))
+            return None
+        if not settings.samples_on:
+            return None
+        return NativeSampler(job, settings, load_vae=load_vae, load_text_encoders=load_tes,
+                             joint_dim=config["joint_attention_dim"], pooled_dim=config["pooled_projection_dim"],
+                             shift=job.plan.hyper.discrete_flow_shift or 1.0, device=device, dtype=dtype)
 
     @staticmethod
     def _check_resolution(res: int, config: dict[str, Any]) -> None:

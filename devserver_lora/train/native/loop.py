@@ -95,6 +95,7 @@ class StepReport:
     it_per_s: float | None
     eta_s: float | None
     epoch_finished: bool
+    lr: float | None = None  # the learning rate this step used
 
 
 def lora_target_modules(transformer: torch.nn.Module) -> list[str]:
@@ -276,6 +277,7 @@ class LoraTrainer:
                 self.pos += 1
             if self.s.max_grad_norm:
                 self.accelerator.clip_grad_norm_(self.params, self.s.max_grad_norm)
+            lr = float(self.optimizer.param_groups[0]["lr"])
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.lr_scheduler.step()
@@ -299,6 +301,7 @@ class LoraTrainer:
                         it_per_s=rate,
                         eta_s=(self.s.total_steps - self.step) / rate if rate else None,
                         epoch_finished=epoch_finished,
+                        lr=lr,
                     )
                 )
         return self.step
