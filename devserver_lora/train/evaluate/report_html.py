@@ -13,6 +13,8 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from ...invocation import train_command
+
 CSS = """
 body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1b1b1b;background:#fafafa;margin:0}
 main{max-width:1180px;margin:0 auto;padding:24px}
@@ -139,8 +141,8 @@ class _Page:
     def evaluation(self) -> str:
         ev = self.f.get("evaluation")
         if not ev:
-            return ("<p>Not evaluated yet. Render the sheets through ComfyUI with <code>python -m devserver_lora.train "
-                    f"evaluate {_h(self.f['job']['id'])} --comfyui URL --loras-dir DIR</code>.</p>")
+            command = train_command(f"evaluate {self.f['job']['id']} --comfyui URL --loras-dir DIR")
+            return f"<p>Not evaluated yet. Render the sheets through ComfyUI with <code>{_h(command)}</code>.</p>"
         out = [_table([("LoRA", ev.get("lora")), ("graph", ev.get("graph")), ("ComfyUI", ev.get("comfyui")),
                        ("render", f"{ev.get('size')} px, {ev.get('steps')} steps, cfg {ev.get('cfg')}"),
                        ("negative prompt", ev.get("negative_prompt") or "-"),
@@ -184,8 +186,8 @@ class _Page:
     def install(self) -> str:
         inst = self.f.get("install")
         if not inst:
-            return (f"<p>Not installed yet: <code>python -m devserver_lora.train install {_h(self.f['job']['id'])} "
-                    "--loras-dir DIR --schemas DIR</code></p>")
+            command = train_command(f"install {self.f['job']['id']} --loras-dir DIR --schemas DIR")
+            return f"<p>Not installed yet: <code>{_h(command)}</code></p>"
         rows = [(k.replace("_", " "), v) for k, v in inst.items() if k not in ("output_config", "warnings")]
         warn = "".join(f'<li class="problem">{_h(w)}</li>' for w in inst.get("warnings", []))
         config = inst.get("output_config")

@@ -23,6 +23,7 @@ from typing import Any
 
 from ...comfy import ComfyClient, Timeouts, run_sync
 from ...errors import JobError, LoraFileError, TrainingError
+from ...invocation import train_command
 from ...lora.header import read_header
 from ...lora.triggers import merge_triggers
 from ...paths import atomic_write_bytes, atomic_write_json
@@ -175,8 +176,8 @@ def plan_sheets(kinds: tuple[str, ...], settings: EvalSettings, lora: _Lora, che
         elif kind == "checkpoints":
             cols = [_base_col()] + [_lora_col(f"{c.label}: {c.path.name}", c, 1.0, 1.0) for c in checkpoints]
             specs = [[_spec(p, s, None)] + [_spec(p, s, c) for c in checkpoints] for p, s in prompts]
-            plans.append(_Plan(kind, rows, cols, specs, "install the one you like best: python -m "
-                                                        f"devserver_lora.train install {lora.job_id} --checkpoint FILE"))
+            plans.append(_Plan(kind, rows, cols, specs, "install the one you like best: "
+                                                        + train_command(f"install {lora.job_id} --checkpoint FILE")))
         elif kind == "bias":
             bias = [(b.prompt, settings.bias_seed + i) for i, b in enumerate(settings.bias_prompts)]
             cols = [_base_col(), _lora_col("with LoRA, prompt as written", lora, 1.0, 1.0)]
@@ -289,7 +290,7 @@ async def _render_all(job: Any, plans: list[_Plan], graph: ChunkGraph, render: R
     result.images = list(records.values())
     for plan in plans:
         result.sheets.append(_sheet(job, plan, renderer.done, render, scorer, result))
-    result.install_hint = f"python -m devserver_lora.train install {job.id} --checkpoint FILE"
+    result.install_hint = train_command(f"install {job.id} --checkpoint FILE")
     return result
 
 

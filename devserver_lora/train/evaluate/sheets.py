@@ -78,10 +78,21 @@ def _font(px: int, *, bold: bool = False) -> Any:
         return ImageFont.load_default(size=px)
 
 
+def _pieces(word: str, font: Any, width: int) -> list[str]:
+    """A word too wide for a line (a file name) cut into pieces that fit."""
+    out, current = [], ""
+    for ch in word:
+        if current and font.getlength(current + ch) > width:
+            out.append(current)
+            current = ""
+        current += ch
+    return [*out, current] if current else out
+
+
 def wrap(text: str, font: Any, width: int, max_lines: int) -> list[str]:
     """Greedy word wrap to `width` pixels; the last line ends in '…' when text is left over."""
     lines: list[str] = []
-    words = text.split()
+    words = [piece for word in text.split() for piece in _pieces(word, font, width)]
     current = ""
     for i, word in enumerate(words):
         trial = f"{current} {word}".strip()
@@ -117,14 +128,18 @@ def compose(sheet: Sheet, render_px: int) -> tuple[Any, Layout]:
     header_h = max((len(lines) for lines in col_lines), default=1) * (LABEL_PX + 4) + (NOTE_PX + 6) + 8
     grid_w = n_cols * cell + max(0, n_cols - 1) * GAP
     width = MARGIN * 2 + ROW_LABEL_W + GAP + grid_w
+    title_lines = wrap(sheet.title, title_f, width - 2 * MARGIN, 2)
     sub_lines = wrap(sheet.subtitle, note_f, width - 2 * MARGIN, 3) if sheet.subtitle else []
-    top = MARGIN + TITLE_PX + 8 + len(sub_lines) * (NOTE_PX + 4) + 8
+    top = MARGIN + len(title_lines) * (TITLE_PX + 6) + 2 + len(sub_lines) * (NOTE_PX + 4) + 8
     origin_x, origin_y = MARGIN + ROW_LABEL_W + GAP, top + header_h
     height = origin_y + n_rows * cell + max(0, n_rows - 1) * GAP + MARGIN
     img = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(img)
-    draw.text((MARGIN, MARGIN), sheet.title, font=title_f, fill=INK)
-    y = MARGIN + TITLE_PX + 8
+    y = MARGIN
+    for line in title_lines:
+        draw.text((MARGIN, y), line, font=title_f, fill=INK)
+        y += TITLE_PX + 6
+    y += 2
     for line in sub_lines:
         draw.text((MARGIN, y), line, font=note_f, fill=MUTED)
         y += NOTE_PX + 4
