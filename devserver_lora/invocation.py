@@ -16,8 +16,10 @@ CLI_MODULE = "devserver_lora"
 CLI_SCRIPT = "devserver-lora"
 
 
-def _spelled(path: Path) -> str:
-    """`path` relative to the current folder when it lies below it (with a slash, so no PATH lookup), else absolute."""
+def shown_path(path: str | Path) -> str:
+    """`path` as a command argument: relative to the current folder when it lies below it (with a slash, so a
+    program is never looked up on PATH), else absolute; quoted for the shell where needed."""
+    path = Path(path).absolute()
     try:
         rel = path.relative_to(Path.cwd())
     except ValueError:
@@ -29,7 +31,7 @@ def _spelled(path: Path) -> str:
 def python() -> str:
     """The interpreter running this package, as a command prefix (`.venv/bin/python`)."""
     # absolute(), not resolve(): a venv's python is a symlink, and following it would leave the venv.
-    return _spelled(Path(sys.executable or "python3").absolute())
+    return shown_path(Path(sys.executable or "python3").absolute())
 
 
 def train_command(args: str = "") -> str:
@@ -41,5 +43,5 @@ def cli_command(args: str = "") -> str:
     """`devserver-lora ARGS` as the venv's script (`.venv/bin/devserver-lora`), else `<python> -m devserver_lora`."""
     exe = Path(sys.executable or "python3").absolute()
     script = exe.parent / CLI_SCRIPT
-    prefix = _spelled(script) if script.is_file() else f"{python()} -m {CLI_MODULE}"
+    prefix = shown_path(script) if script.is_file() else f"{python()} -m {CLI_MODULE}"
     return prefix + (f" {args}" if args else "")

@@ -151,6 +151,9 @@ def test_invocation_spells_the_interpreter_that_runs(tmp_path: Path, monkeypatch
     assert invocation.python() == str(bindir / "python")  # outside the clone: the absolute path
     monkeypatch.chdir(bindir)
     assert invocation.python() == "./python"  # never a bare name that PATH would look up
+    monkeypatch.chdir(tmp_path)
+    assert invocation.shown_path(tmp_path / "my demo" / "x.json") == "'my demo/x.json'"  # relative, quoted
+    assert invocation.shown_path("/etc/hosts") == "/etc/hosts"
 
 
 def test_a_hint_the_cli_prints_runs_as_printed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

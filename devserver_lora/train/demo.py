@@ -23,7 +23,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from ..errors import TrainingError
-from ..invocation import cli_command
+from ..invocation import cli_command, shown_path
 from .card import load_card
 
 TRIGGER = "mgsq"
@@ -224,17 +224,17 @@ def next_commands(result: DemoResult, renderer: _Renderer) -> list[str]:
     """The README's Quick start 1 on the new config, as runnable commands (what the demo prints last)."""
     if not (result.schemas_dir and result.config_name):
         return []
-    q = shlex.quote
-    schemas, name = q(result.schemas_dir), result.config_name
+    schemas, name = shown_path(result.schemas_dir), result.config_name
     commands = [
         cli_command(f"validate {schemas}"),
         cli_command(f"show-config {name} --schemas {schemas}"),
-        cli_command(f"inspect-lora {q(result.lora_path)} --against {q(result.arch)}"),
+        cli_command(f"inspect-lora {shown_path(result.lora_path)} --against {shlex.quote(result.arch)}"),
     ]
     if renderer.url:
-        generated = q(str(Path(result.out_dir) / "generated"))
-        commands.append(cli_command(f"generate --config {name} --schemas {schemas} --prompt {q(PROMPT)} "
-                                    f"--server {renderer.url} --loras-dir {q(result.loras_dir)} --out {generated}"))
+        generated = shown_path(Path(result.out_dir) / "generated")
+        commands.append(cli_command(f"generate --config {name} --schemas {schemas} --prompt {shlex.quote(PROMPT)} "
+                                    f"--server {renderer.url} --loras-dir {shown_path(result.loras_dir)} "
+                                    f"--out {generated}"))
     return commands
 
 

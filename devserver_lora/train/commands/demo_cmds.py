@@ -29,7 +29,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         out.print(f"[yellow]note:[/] {w}")
     if result.renders:
         out.print(f"[green]renders:[/] before {result.renders['before']}, after {result.renders['after']} "
-                  f"(mean pixel difference {result.pixel_difference:.1f})")
+                  f"(mean pixel difference {result.pixel_difference:.1f}; the tiny model has random weights, so both "
+                  "are noise: the difference is what the LoRA changed)")
     else:
         out.print("no renders: add --render to start the local ComfyUI and render before/after images "
                   "(or --comfyui URL --comfyui-models DIR for another ComfyUI)")
