@@ -40,6 +40,21 @@ LOCK_FILE = ".job.lock"
 _LOCK = threading.Lock()
 
 
+def parse_event_lines(raw: bytes) -> list[dict[str, Any]]:
+    """The event objects in `raw` (lines of events.jsonl); a line cut by a crash, or garbage, is skipped."""
+    out: list[dict[str, Any]] = []
+    for line in raw.split(b"\n"):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue
+        if isinstance(data, dict):
+            out.append(data)
+    return out
+
+
 class JobSummary(BaseModel):
     id: str
     state: str
@@ -178,29 +193,41 @@ class Job:
 
     def events(self, *, typed: bool = False) -> list[Any]:
         """Every complete event line (a line cut by a crash, or garbage, is skipped)."""
-        path = self._path(EVENTS_FILE)
         try:
-            raw = path.read_bytes()
+            raw = self._path(EVENTS_FILE).read_bytes()
         except FileNotFoundError:
             return []
+        found = parse_event_lines(raw)
+        if not typed:
+            return found
         out: list[Any] = []
-        for line in raw.split(b"\n"):
-            if not line.strip():
-                continue
+        for data in found:
             try:
-                data = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError):
+                out.append(parse_event(data))
+            except JobError:
                 continue
-            if not isinstance(data, dict):
-                continue
-            if typed:
-                try:
-                    out.append(parse_event(data))
-                except JobError:
-                    continue
-            else:
-                out.append(data)
         return out
+
+    def events_after(self, offset: int) -> tuple[list[dict[str, Any]], int]:
+        """The events of the whole lines after byte `offset` of events.jsonl, and the offset after them.
+
+        Only what was appended since `offset` is read, so a follower polling a long run reads each byte once.
+        A line still being written (no newline yet) is left for the next call; a file shorter than `offset`
+        (replaced) is read from its start again.
+        """
+        try:
+            fd = os.open(self._path(EVENTS_FILE), os.O_RDONLY)
+        except FileNotFoundError:
+            return [], 0
+        try:
+            size = os.fstat(fd).st_size
+            if size < offset:
+                offset = 0
+            data = os.pread(fd, size - offset, offset) if size > offset else b""
+        finally:
+            os.close(fd)
+        end = data.rfind(b"\n") + 1
+        return parse_event_lines(data[:end]), offset + end
 
     def summary(self) -> JobSummary:
         try:

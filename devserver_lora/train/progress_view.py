@@ -71,9 +71,8 @@ def show_follow(job: Any, *, timeout_s: float, poll_s: float = 0.5, replay: bool
             if text:
                 bar.console.print(text, markup=True, highlight=False)
 
-        start = 0 if replay else len(job.events())
         try:
-            state = runner.follow(job, on_event, timeout_s=timeout_s, poll_s=poll_s, start_index=start)
+            state = runner.follow(job, on_event, timeout_s=timeout_s, poll_s=poll_s, replay=replay)
         except KeyboardInterrupt:
             err.print(f"detached; training goes on. Re-attach with `status {job.id} --follow`")
             return job.state

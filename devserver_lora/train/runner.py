@@ -3,7 +3,7 @@
 `start` spawns `python -m devserver_lora.train.runner --job-dir DIR ...` in a new
 session (closing the terminal does not stop it; stdout/stderr go to the job's
 logs/runner.log) and records its pid in job.json. That worker calls the backend
-and records the outcome. `follow` re-attaches by reading events.jsonl (polling,
+and records the outcome. `follow` re-attaches by reading what was appended to events.jsonl (polling,
 bounded in time). `cancel` signals the worker's process group (it stops the
 trainer cleanly), then kills what is left after a grace period; finished
 checkpoints stay in outputs/.
@@ -127,8 +127,9 @@ def run_worker(job: Any, settings: Any, *, backend: str, resume: bool, num_proce
     with LivePlot(job):
         outcome = _run_backend(job, settings, backend=backend, resume=resume, num_processes=num_processes, stop=stop)
     finish(job, state=outcome.state, message=outcome.info.get("message"))
-    job.set_state(outcome.state, **outcome.info)
+    # The event before the state: a follower that sees the final state has every event on disk already.
     _append_state(job, outcome.state, outcome.event_message)
+    job.set_state(outcome.state, **outcome.info)
     return outcome.code
 
 
@@ -230,8 +231,8 @@ def cancel(job: Any, *, grace_s: float = 30.0, poll_s: float = 0.2) -> str:
     if state in FINAL_STATES:
         raise JobError(f"job {job.id} is not running (state: {state})")
     if state == "created":
-        job.set_state("cancelled", message="cancelled before it started")
         _append_state(job, "cancelled", "cancelled before it started")
+        job.set_state("cancelled", message="cancelled before it started")
         return "cancelled"
     marker = str(job.dir)
     if runner_alive(job):
@@ -248,9 +249,9 @@ def cancel(job: Any, *, grace_s: float = 30.0, poll_s: float = 0.2) -> str:
                 break
             time.sleep(0.1)
     if job.state not in FINAL_STATES:
+        _append_state(job, "cancelled", "killed after the grace period; finished checkpoints are kept")
         job.set_state("cancelled", message="killed after the grace period; finished checkpoints are kept",
                       diagnosis="cancelled")
-        _append_state(job, "cancelled", "killed after the grace period; finished checkpoints are kept")
     return job.state
 
 
@@ -263,9 +264,9 @@ def reconcile(job: Any) -> str:
             msg = "the training worker stopped without recording an outcome (killed, crashed or machine restarted)"
             hint = (f"see {job.logs_dir / 'runner.log'} for what it printed; continue from the last saved state "
                     f"with `resume {job.id}`")
-            job.set_state("failed", message=msg, diagnosis="worker_lost", hint=hint)
             job.append_event(ErrorEvent(diagnosis="worker_lost", message=msg, hint=hint))
             _append_state(job, "failed", msg)
+            job.set_state("failed", message=msg, diagnosis="worker_lost", hint=hint)
     return job.state
 
 
@@ -275,23 +276,23 @@ def follow(
     *,
     timeout_s: float = 7 * 24 * 3600.0,
     poll_s: float = 0.5,
-    start_index: int = 0,
+    replay: bool = True,
 ) -> str:
-    """Call `on_event` for each event from `start_index` on until the job reaches a final state; returns it.
+    """Call `on_event` for each event (from the first with `replay`, else from now on) until the job reaches a
+    final state; returns it. Each poll reads only what was appended to events.jsonl since the last one.
 
     Bounded: stops after `timeout_s` (returning the current state) and notices a dead worker.
     """
-    seen = start_index
+    offset = 0 if replay else job.events_after(0)[1]
     deadline = time.monotonic() + timeout_s
     while True:
-        events = job.events()
-        for event in events[seen:]:
+        events, offset = job.events_after(offset)
+        for event in events:
             on_event(event)
-        seen = max(seen, len(events))
         state = reconcile(job)
         if state in FINAL_STATES:
-            events = job.events()
-            for event in events[seen:]:
+            events, offset = job.events_after(offset)  # what the worker wrote with its final state
+            for event in events:
                 on_event(event)
             return state
         if time.monotonic() >= deadline:
@@ -300,7 +301,7 @@ def follow(
 
 
 def wait(job: Any, *, timeout_s: float, poll_s: float = 0.1) -> str:
-    return follow(job, lambda _e: None, timeout_s=timeout_s, poll_s=poll_s, start_index=len(job.events()))
+    return follow(job, lambda _e: None, timeout_s=timeout_s, poll_s=poll_s, replay=False)
 
 
 if __name__ == "__main__":
