@@ -272,6 +272,7 @@ def test_devserver_renders_a_native_lora_through_comfyui(checkout: Path, python:
                 status, answer = running.post(GENERATION, {"prompt": prompt, "output_config": config, "seed": 11})
                 assert status == 200, (answer, running.log()[-4000:])
                 png = running.get_bytes(answer["media_output"]["url"])
+                (tmp_path / f"{config}_{len(images)}.png").write_bytes(png)  # to look at: pytest's tmp folder
                 images[(config, prompt)] = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.float32)
     with_lora = images[("tiny_sd3_magenta", TRIGGER_PROMPT)]
     without = images[("tiny_sd3_plain", TRIGGER_PROMPT)]
