@@ -10,12 +10,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ..errors import ComfyProtocolError, ComfyValidationError, LoraFileError
 from ..graph.inject import clip_text_encoders
 from ..graph.model import GraphModel
 from ..lora.fit import ARCHS, ArchSpec, check_fit, resolve_arch
+from ..lora.keys import TextEncoder
 from ..lora.report import ARCH_KEY, LoraReport
 from ..paths import safe_join
 from .protocol import missing_lora_hint
@@ -102,7 +103,7 @@ def arch_as_wired(workflow: Mapping[str, Any], node_id: str, base: ArchSpec) -> 
     """
     if base.family != "sd3":
         return base
-    encoders = clip_text_encoders(workflow, node_id)
+    encoders = cast("tuple[TextEncoder, ...] | None", clip_text_encoders(workflow, node_id))  # names it knows only
     return dataclasses.replace(base, text_encoders=encoders) if encoders else base
 
 

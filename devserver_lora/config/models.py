@@ -52,7 +52,7 @@ class OutputConfig(BaseModel):
     description: LocalizedText | None = None
     category: LocalizedText | None = None
     context: LocalizedText | None = None
-    parameters: OutputParameters = Field(default_factory=OutputParameters)
+    parameters: OutputParameters = Field(default_factory=lambda: OutputParameters(OUTPUT_CHUNK=None, loras=None))
     media_preferences: dict[str, Any] | None = None
     meta: dict[str, Any] = Field(default_factory=dict)
     # Read as a list either way, so errors have one clean path ($.lora[0].name); the schema
