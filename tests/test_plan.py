@@ -191,7 +191,8 @@ def test_what_cannot_fit_is_refused_with_what_would(ds):
     with pytest.raises(PlanError) as exc:
         make_plan("sd35_large", "atelier", ds, gpu=gpu_from_vram(8))
     msg = str(exc.value)
-    assert "does not fit" in msg and "--family sdxl" in msg and "at least 11 GB" in msg and "caching" in msg
+    # SDXL needs about 11 GB even with every saving (its published budget is 16-20 GB): SD1.5 at 512 px fits.
+    assert "does not fit" in msg and "--family sd15" in msg and "at least 11 GB" in msg and "caching" in msg
     # The native backend cannot swap blocks or use fp8: 12 GB is too small for it.
     with pytest.raises(PlanError, match="does not fit"):
         make_plan("sd35_large", "atelier", ds, gpu=gpu_from_vram(12), backend="native")

@@ -15,6 +15,7 @@ from ..card import CARD_FILE, load_card
 from ..dataset.manifest import load_manifest
 from ..families import FAMILIES
 from ..gpu import KNOWN_GPUS, resolve_gpu
+from ..memory import ESTIMATE_BASIS
 from ..plan import TrainingPlan, make_plan
 from ..presets import load_presets
 from ..settings import load_settings
@@ -54,8 +55,9 @@ def print_plan(plan: TrainingPlan) -> None:
               f"{h.gradient_accumulation_steps} accumulation, {h.repeats} repeats, save every {h.save_every_n_epochs} "
               f"epoch(s), {h.mixed_precision}", highlight=False)
     where = "of GPU memory" if plan.gpu else "of memory (no GPU)"
-    out.print(f"  memory: peak about {m.estimated_peak_vram_gb:.1f} GB {where}, {m.estimated_host_ram_gb:.0f} GB "
-              f"host RAM, about {_duration(m.estimated_wall_time_s)}", highlight=False)
+    out.print(f"  memory, estimated: peak about {m.estimated_peak_vram_gb:.1f} GB {where}, "
+              f"{m.estimated_host_ram_gb:.0f} GB host RAM, about {_duration(m.estimated_wall_time_s)}", highlight=False)
+    out.print(f"  ({m.estimate_basis})", highlight=False)
     out.print("[bold]why:[/]", markup=True)
     for line in plan.explanations:
         out.print(f"  - {line}", highlight=False)
@@ -112,7 +114,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="plan a training for a prepared dataset: settings, steps and a memory plan that fits the GPU",
         description="Resolve the preset's settings for this dataset and GPU (detected, or --vram / --gpu), choose "
         "memory savings (gradient checkpointing, smaller batch, 8-bit optimizer, fp8 base, block swapping) so the "
-        "estimated peak fits with a margin, and explain each choice. Refuses, with what would fit, when nothing does.",
+        "estimated peak fits with a margin, and explain each choice. Refuses, with what would fit, when nothing does. "
+        f"Memory and time figures are {ESTIMATE_BASIS}.",
     )
     p.add_argument("dataset", type=Path, help="a dataset folder made by `prepare` (with its dataset card)")
     p.add_argument("--family", default="sd35_large", choices=sorted(FAMILIES), help="model family (default sd35_large)")
