@@ -23,6 +23,7 @@ from devserver_lora.lora.fit import predict_not_loaded
 from devserver_lora.lora.header import read_header
 from devserver_lora.lora.keys import ArchSpec
 from devserver_lora.train.cli import build_parser, main
+from devserver_lora.train.demo import NOISE_NOTE
 
 
 def test_demo_checks_its_comfyui_before_training(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -88,6 +89,18 @@ def test_newcomer_path_demo_render_then_quick_start_1(tmp_path: Path, capsys: py
         assert f"final LoRA: {lora}" in shown.out and f"loss at the last step {result['final_loss']:.3g}" in shown.out
         assert result["job_state"] == "done" and result["pixel_difference"] > 1.0
         assert Path(result["renders"]["before"]).is_file() and Path(result["renders"]["after"]).is_file()
+        # It says the tiny model draws noise, and shows what a real run shows: samples during training, the loss plot,
+        # the before/after sheet with its difference image, and the job's report, whose path it prints last.
+        assert NOISE_NOTE in shown.out
+        assert Path(result["renders"]["difference"]).is_file() and Path(result["renders"]["sheet"]).is_file()
+        assert len(result["samples"]) == 2 * 4 and all(Path(p).is_file() for p in result["samples"])  # steps 0,4,8,12
+        assert Path(result["loss_plot"]).is_file()
+        report = Path(result["report"])
+        assert report.is_file() and shown.out.strip().splitlines()[-1] == f"report: {report}"
+        facts = json.loads((report.parent / "report.json").read_text(encoding="utf-8"))
+        assert "test-sized model" in facts["note"] and facts["evaluation"]["sheets"][0]["kind"] == "before_after"
+        assert facts["install"]["output_config"]["meta"]["base_model"] == "sd3:2:te=clip_l"
+        assert all(c in shown.out for c in result["real_model_commands"]) and "evaluate JOB" in shown.out
         # The LoRA says what it was trained on; the config carries that as meta.base_model.
         arch = read_header(lora).metadata["devserver_lora.arch"]
         assert arch == result["arch"] == "sd3:2:te=clip_l"

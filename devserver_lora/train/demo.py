@@ -1,5 +1,8 @@
 """The newcomer's first run: a synthetic dataset and a tiny SD3 model, trained with the native backend
 through the job store, installed with an output config, and (given a ComfyUI) rendered before and after.
+The model has random weights: its pictures are noise, and the demo says so. It shows what a real run shows (samples
+during training, the loss plot, the before/after sheet with its difference image, the job's report) and points at
+the commands that do the same with a real SD3.5 model.
 
 Everything is real except the data and the weights: the dataset goes through `prepare`, the plan through
 `make_plan`, training through the detached runner and the job store, the LoRA through `install` (fit check,
@@ -13,8 +16,6 @@ demo writes its own output chunk for it (`demo_chunk`), the same minimal text-to
 
 from __future__ import annotations
 
-import asyncio
-import io
 import shlex
 from collections.abc import Callable
 from pathlib import Path
@@ -40,6 +41,12 @@ _PARAMETERS = {"WIDTH": "width", "HEIGHT": "height", "STEPS": "steps", "CFG": "c
 _NO_SCHEMAS_NOTE = "no DevServer schemas folder given"  # install's note; the demo writes its own config instead
 
 
+# The demo's samples and evaluation: one prompt with the trigger, one without, at fixed seeds, as small as the chunk.
+SAMPLE_PROMPTS = ((DEMO_PROMPT, 1000), (PROMPT, 1001))
+NOISE_NOTE = ("The tiny model has random weights, so every picture it makes is noise: the difference image shows "
+              "what the LoRA changed, not what it learned.")
+
+
 class DemoResult(BaseModel):
     out_dir: str
     job_id: str
@@ -56,10 +63,14 @@ class DemoResult(BaseModel):
     comfyui_url: str | None = None
     comfyui_started: bool = False  # this run started the local ComfyUI (it keeps running)
     loras_dir: str
-    renders: dict[str, str] = {}
+    renders: dict[str, str] = {}  # before, after, difference (images alone) and sheet (before/after, with numbers)
     pixel_difference: float | None = None
+    samples: list[str] = []  # rendered during training
+    loss_plot: str | None = None
+    report: str | None = None
     warnings: list[str] = []
     next_commands: list[str] = []
+    real_model_commands: list[str] = []
 
 
 class _Renderer(BaseModel):
@@ -163,22 +174,41 @@ def write_demo_config(job: Any, lora_name: str, arch: str, schemas: Path, checkp
     return name, write_output_config(config, schemas / "configs" / "output" / f"{name}.json")
 
 
-async def _render_pair(url: str, checkpoint: str, lora: str, renders: Path) -> tuple[dict[str, str], float]:
-    import numpy as np
-    from PIL import Image
+def _demo_samples(job: Any, steps: int) -> None:
+    """Samples during the demo's training: two prompts at fixed seeds, four times, at the chunk's render size."""
+    from .evaluate.settings import EvalPrompt, load_eval_settings, save_eval_settings
 
-    from ..comfy import ComfyClient, Timeouts
-    from ..paths import atomic_write_bytes
+    settings = load_eval_settings(job)
+    save_eval_settings(job, settings.model_copy(update={
+        "prompts": [EvalPrompt(prompt=p, seed=seed) for p, seed in SAMPLE_PROMPTS],
+        "sample_every_n_steps": max(1, steps // 3), "size": RENDER["width"], "steps": RENDER["steps"],
+        "cfg": RENDER["cfg"]}))
 
-    out: dict[str, str] = {}
-    arrays = {}
-    async with ComfyClient(url, timeouts=Timeouts(overall=300, idle=120)) as client:
-        for label, name in (("before", None), ("after", lora)):
-            result = await client.run(render_graph(checkpoint, lora=name), output_node="9")
-            data = result.images[0].data
-            out[label] = str(atomic_write_bytes(renders / f"{label}.png", data))
-            arrays[label] = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.float32)
-    return out, float(np.abs(arrays["after"] - arrays["before"]).mean())
+
+def _evaluate(job: Any, url: str, loras: Path, chunk: Path) -> tuple[dict[str, str], float | None]:
+    """The before/after sheet through ComfyUI and the demo's own chunk (`train evaluate`, one sheet)."""
+    from .evaluate.run import EvalOptions, evaluate_job
+
+    result = evaluate_job(job, EvalOptions(comfyui=url, loras_dir=loras, sheets=("before_after",), chunk=chunk))
+    sheet = result.sheets[0]
+    first = sheet.cells[0]
+    names = ("before", "after", "difference")
+    renders = {name: str(job.dir / rel) for name, rel in zip(names, first, strict=False) if rel}
+    renders["sheet"] = str(job.dir / sheet.file)
+    return renders, sheet.columns[1].mean_abs_change
+
+
+def real_model_commands() -> list[str]:
+    """The same path with a real SD3.5 Large model (README, Quick start 2)."""
+    from ..invocation import train_command
+
+    return [
+        train_command("prepare photos/ --out datasets/mine --trigger WORD --preset fotostudio --card card.json"),
+        train_command("plan datasets/mine --family sd35_large --preset fotostudio --vram 24 --create-job"),
+        train_command("run JOB"),
+        train_command("evaluate JOB --comfyui http://127.0.0.1:8188 --loras-dir ComfyUI/models/loras"),
+        train_command("install JOB --loras-dir ComfyUI/models/loras --schemas devserver/schemas"),
+    ]
 
 
 def prepare_renderer(*, render: bool, comfyui_base: str | Path | None, comfyui_url: str | None,
@@ -292,6 +322,7 @@ def run_demo(
         if find_tokenizer_dir("clip_l", source) is None:
             source = source.model_copy(update={"tiny_tokenizer": True})
         job.write_json("model.json", source.model_dump(mode="json"))
+        _demo_samples(job, steps)
         # 4. train in the detached runner (exactly what `run` starts), following its events with a progress bar.
         runner.start(job, settings, backend="native")
         if show_progress:
@@ -312,6 +343,8 @@ def run_demo(
         arch = read_header(installed.lora_path).metadata[ARCH_KEY]
         schemas = out / "devserver_schemas"
         config_name, config_path = write_demo_config(job, installed.lora_name, arch, schemas, checkpoint.name)
+        job.write_json("install.json", installed.model_copy(update={"config_name": config_name,
+                                                                    "config_path": str(config_path)}))
         result = DemoResult(
             out_dir=str(out), job_id=job.id, job_state=job.state, lora_path=installed.lora_path,
             lora_name=installed.lora_name, arch=arch, steps=steps, final_loss=_final_loss(job),
@@ -320,11 +353,22 @@ def run_demo(
             loras_dir=str(models_dir / "loras"),
             warnings=[w for w in installed.warnings if not w.startswith(_NO_SCHEMAS_NOTE)],
         )
-        # 6. before/after renders through a real ComfyUI.
+        # 6. before/after through a real ComfyUI, with the difference image; the report (rewritten) shows it all.
         if renderer.url:
-            result.renders, result.pixel_difference = asyncio.run(
-                _render_pair(renderer.url, checkpoint.name, installed.lora_name, out / "renders")
-            )
+            result.renders, result.pixel_difference = _evaluate(job, renderer.url, models_dir / "loras",
+                                                                schemas / "chunks" / f"{DEMO_CHUNK}.json")
+        else:
+            from .evaluate.report import write_report
+
+            write_report(job, written_by="demo")
+        from .evaluate.lossplot import LOSS_PLOT_FILE
+        from .evaluate.report import REPORT_HTML
+        from .evaluate.samples import samples_of
+
+        result.samples = [str(r.path) for r in samples_of(job)]
+        result.loss_plot = str(job.dir / LOSS_PLOT_FILE)
+        result.report = str(job.dir / REPORT_HTML)
+        result.real_model_commands = real_model_commands()
     except BaseException:
         if renderer.started and renderer.base:
             stop(BaseDir(Path(renderer.base)))  # started for this run, which failed: leave nothing behind

@@ -10,7 +10,7 @@ from ...invocation import cli_command, train_command
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from ..demo import run_demo
+    from ..demo import NOISE_NOTE, run_demo
 
     def note(text: str) -> None:
         if not args.json:
@@ -27,13 +27,20 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         out.print(f"[green]output config:[/] {result.config_name} ({result.config_path})")
     for w in result.warnings:
         out.print(f"[yellow]note:[/] {w}")
+    out.print(NOISE_NOTE, highlight=False)
     if result.renders:
-        out.print(f"[green]renders:[/] before {result.renders['before']}, after {result.renders['after']} "
-                  f"(mean pixel difference {result.pixel_difference:.1f}; the tiny model has random weights, so both "
-                  "are noise: the difference is what the LoRA changed)")
+        change = f" (mean pixel change {result.pixel_difference:.1f} of 255)" if result.pixel_difference else ""
+        out.print(f"[green]before/after:[/] {result.renders['sheet']}{change}", highlight=False)
+        out.print(f"  before {result.renders['before']}\n  after {result.renders['after']}\n"
+                  f"  difference {result.renders.get('difference', '-')}", highlight=False)
     else:
         out.print("no renders: add --render to start the local ComfyUI and render before/after images "
                   "(or --comfyui URL --comfyui-models DIR for another ComfyUI)")
+    if result.samples:
+        out.print(f"[green]samples during training:[/] {len(result.samples)} in {Path(result.samples[0]).parent}",
+                  highlight=False)
+    if result.loss_plot:
+        out.print(f"[green]loss plot:[/] {result.loss_plot}", highlight=False)
     if result.comfyui_started:
         base = f" --base {args.comfyui_base}" if args.comfyui_base else ""
         out.print(f"ComfyUI keeps running at {result.comfyui_url}; stop it with `{cli_command('comfyui stop' + base)}`",
@@ -42,8 +49,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         out.print("next, the README's Quick start 1 with your LoRA:")
         for command in result.next_commands:
             out.print(f"  {command}", highlight=False)
+    if result.real_model_commands:
+        out.print("the same with a real SD3.5 Large model (on a GPU; README, Quick start 2):")
+        for command in result.real_model_commands:
+            out.print(f"  {command}", highlight=False)
     out.print(f"job {result.job_id}: `{train_command('status ' + result.job_id)} "
               f"--jobs-dir {Path(result.out_dir) / 'jobs'}`", highlight=False)
+    if result.report:
+        out.print(f"[bold green]report:[/] {result.report}", highlight=False)
     return 0
 
 
