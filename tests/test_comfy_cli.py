@@ -13,6 +13,7 @@ from conftest import SCHEMAS
 from test_comfy_real import tiny_sd35_graph
 
 from devserver_lora.cli import main
+from devserver_lora.config.chunks import sd35_chunk
 
 SMALL = ["--set", "WIDTH=64", "--set", "HEIGHT=64", "--set", "STEPS=2"]
 
@@ -71,8 +72,7 @@ def test_generate_through_a_real_comfyui(comfyui_server: ComfyServer, tmp_path: 
     """A schemas tree whose chunk is the SD3.5 chunk scaled to the tiny checkpoint, with a kohya LoRA config."""
     schemas = tmp_path / "schemas"
     shutil.copytree(SCHEMAS, schemas)
-    chunk = json.loads((schemas / "chunks" / "output_image_sd35_large.json").read_text())
-    chunk["name"] = "output_image_tiny_sd3"
+    chunk = sd35_chunk("output_image_tiny_sd3", "dual")  # the project's own SD3.5 chunk (no DevServer file ships)
     chunk["workflow"] = tiny_sd35_graph(comfyui_server.checkpoint_name)
     chunk["input_mappings"]["checkpoint"]["default"] = comfyui_server.checkpoint_name
     (schemas / "chunks" / "output_image_tiny_sd3.json").write_text(json.dumps(chunk))
