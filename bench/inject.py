@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from devserver_lora.config.chunks import sd35_workflow  # noqa: E402
-from devserver_lora.graph.check import validate_graph  # noqa: E402
+from devserver_lora.graph.check import graph_problems  # noqa: E402
 from devserver_lora.graph.inject import inject_loras  # noqa: E402
 from devserver_lora.lora.spec import LoraSpec  # noqa: E402
 
@@ -118,13 +118,13 @@ def main() -> int:
     print(f"{'case':<26}{'deepcopy':>12}{'inject':>12}{'inject+validate':>18}{'ratio':>8}")
     for name, graph, loras in cases:
         out = inject_loras(graph, loras)
-        problems = validate_graph(out, info)
+        problems = graph_problems(out, info)
         assert not problems, [str(p) for p in problems]  # the benchmark must time a valid, real result
         base, inj, both = _compare(
             [
                 lambda g=graph: copy.deepcopy(g),
                 lambda g=graph, s=loras: inject_loras(g, s),
-                lambda g=graph, s=loras: validate_graph(inject_loras(g, s), info),
+                lambda g=graph, s=loras: graph_problems(inject_loras(g, s), info),
             ],
             args.repeat,
         )

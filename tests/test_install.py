@@ -12,7 +12,7 @@ from kohya_standin.build import schemas_tree, write_safetensors
 from devserver_lora.config.files import load_output_config
 from devserver_lora.config.make import make_lora_output_config
 from devserver_lora.config.tree import SchemasTree
-from devserver_lora.config.validate import validate_paths
+from devserver_lora.config.validate import tree_problems
 from devserver_lora.errors import ConfigError, JobError, LoraFileError
 from devserver_lora.graph.inject import inject_loras
 from devserver_lora.lora.header import read_header, tensor_bytes_equal, write_with_metadata
@@ -67,7 +67,7 @@ def test_install_whole_flow_config_loads_validates_and_injects(kohya_env, traine
     assert raw["parameters"]["OUTPUT_CHUNK"] == "output_image_sd35_large"
     cfg = load_output_config(path)
     assert [s.name for s in cfg.loras] == ["tiny_sd3_lora.safetensors"] and cfg.loras[0].trigger_words == ("tinyobj",)
-    assert [p for p in validate_paths([schemas]) if p.severity == "error"] == []
+    assert [p for p in tree_problems([schemas]) if p.severity == "error"] == []
     resolved = SchemasTree.load(schemas).resolve("sd35_large_tiny_sd3_lora")
     graph = inject_loras(resolved.chunk.workflow, resolved.loras)
     loaders = [n for n in graph.values() if n["class_type"].startswith("LoraLoader")]
@@ -168,7 +168,7 @@ def test_text_encoder_lora_gets_the_triple_clip_chunk(kohya_env):
     graph = inject_loras(resolved.chunk.workflow, resolved.loras)
     (loader,) = [n for n in graph.values() if n["class_type"] == "LoraLoader"]
     assert graph[loader["inputs"]["clip"][0]]["class_type"] == "TripleCLIPLoader"
-    assert [p for p in validate_paths([schemas]) if p.severity == "error"] == []
+    assert [p for p in tree_problems([schemas]) if p.severity == "error"] == []
 
 
 def _words(value: object) -> set[str]:

@@ -10,7 +10,7 @@ from kohya_standin.build import CARD, schemas_tree
 from PIL import Image
 
 from devserver_lora.config.tree import SchemasTree
-from devserver_lora.config.validate import validate_paths
+from devserver_lora.config.validate import tree_problems
 from devserver_lora.graph.inject import inject_loras
 from devserver_lora.lora.report import inspect_lora
 from devserver_lora.train.cli import main as train_main
@@ -61,7 +61,7 @@ def test_prepare_plan_run_install(kohya_env, capsys):
 
     report = inspect_lora(result["lora_path"])
     assert "tinyobj" in report.trigger_words
-    assert [p for p in validate_paths([schemas]) if p.severity == "error"] == []
+    assert [p for p in tree_problems([schemas]) if p.severity == "error"] == []
     resolved = SchemasTree.load(schemas).resolve("sd35_large_flow_lora")
     assert resolved.config.parameters.OUTPUT_CHUNK == "output_image_sd35_large"
     graph = inject_loras(resolved.chunk.workflow, resolved.loras)

@@ -17,11 +17,11 @@ from devserver_lora.train.native import models
 from devserver_lora.train.native.loop import lora_target_modules
 from devserver_lora.train.native.lora_export import (
     LoraPair,
-    check_against_mmdit,
     diffusers_tensors,
     fuse_qkv,
     kohya_tensors,
     lora_metadata,
+    mmdit_fit_problems,
     pairs_from_peft,
     save_lora,
     to_mmdit_pairs,
@@ -96,7 +96,7 @@ def test_kohya_lora_applied_to_sai_weights_equals_the_peft_lora_on_diffusers_wei
     src, info, transformer, _ = lora_model
     pairs = pairs_from_peft(_peft_state(transformer), 2.0)
     tensors = kohya_tensors(to_mmdit_pairs(pairs, 2), torch.float32)
-    assert check_against_mmdit(tensors, info.mmdit_shapes) == []
+    assert mmdit_fit_problems(tensors, info.mmdit_shapes) == []
     sai = models.load_tensors(sai_checkpoint, models.MMDIT_PREFIX, dtype=torch.float32)
     patched = dict(sai)
     for key in {k.split(".", 1)[0] for k in tensors}:
@@ -151,8 +151,8 @@ def test_check_against_mmdit_reports_unknown_and_misshaped_layers() -> None:
     shapes = {"joint_blocks.0.x_block.attn.qkv.weight": (384, 128)}
     good = {"lora_unet_joint_blocks_0_x_block_attn_qkv.lora_down.weight": torch.zeros(4, 128),
             "lora_unet_joint_blocks_0_x_block_attn_qkv.lora_up.weight": torch.zeros(384, 4)}
-    assert check_against_mmdit(good, shapes) == []
+    assert mmdit_fit_problems(good, shapes) == []
     bad = {**good, "lora_unet_joint_blocks_0_x_block_attn_qkv.lora_up.weight": torch.zeros(128, 4),
            "lora_unet_joint_blocks_9_x_block_mlp_fc1.lora_down.weight": torch.zeros(4, 128)}
-    codes = sorted(p.code for p in check_against_mmdit(bad, shapes))
+    codes = sorted(p.code for p in mmdit_fit_problems(bad, shapes))
     assert codes == ["lora_key_not_loaded", "lora_shape_mismatch"]

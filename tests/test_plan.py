@@ -13,7 +13,7 @@ from devserver_lora.train.dataset.manifest import DatasetManifest, ManifestImage
 from devserver_lora.train.families import FAMILIES, get_family
 from devserver_lora.train.gpu import gpu_from_vram, lookup_gpu, parse_nvidia_smi, resolve_gpu
 from devserver_lora.train.memory import Choice, Workload, estimate
-from devserver_lora.train.plan import Hyperparameters, TrainingPlan, check_backend_support, make_plan
+from devserver_lora.train.plan import Hyperparameters, TrainingPlan, backend_support_problems, make_plan
 from devserver_lora.train.presets import CLASSROOM_PRESETS, get_preset, load_presets
 from devserver_lora.train.settings import load_settings
 
@@ -134,11 +134,11 @@ def test_unknown_override_is_refused(ds):
 
 def test_backend_support():
     h = Hyperparameters(optimizer="Prodigy", lr_scheduler="cosine_with_restarts")
-    codes = {p.code for p in check_backend_support(h, "native")}
+    codes = {p.code for p in backend_support_problems(h, "native")}
     assert codes == {"unsupported_optimizer"}  # every schedule is diffusers' get_scheduler in both backends
-    assert check_backend_support(h, "kohya") == []
+    assert backend_support_problems(h, "kohya") == []
     te = Hyperparameters(train_text_encoder=True)
-    assert [p.code for p in check_backend_support(te, "native")] == ["unsupported_text_encoder_training"]
+    assert [p.code for p in backend_support_problems(te, "native")] == ["unsupported_text_encoder_training"]
 
 
 def test_native_backend_limits_are_refused_at_plan_time(ds):

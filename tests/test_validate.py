@@ -15,7 +15,7 @@ from devserver_tree import unmodelled_files, write_devserver_tree
 from devserver_lora.cli import build_parser, main
 from devserver_lora.config.chunks import sd35_chunk
 from devserver_lora.config.tree import SchemasTree
-from devserver_lora.config.validate import export_json_schemas, validate_paths, validate_tree
+from devserver_lora.config.validate import export_json_schemas, tree_problems, validate_tree
 from devserver_lora.errors import ConfigError
 
 YORUBA = SCHEMAS / "configs/output/sd35_large_yoruba.json"
@@ -102,7 +102,7 @@ def test_broken_copies_are_rejected_precisely(tmp_path: Path) -> None:
     unmirrored["parameters"].pop("loras")
     _write(bad, "sd35_large_unmirrored.json", unmirrored)
 
-    problems = validate_paths([bad, SCHEMAS])
+    problems = tree_problems([bad, SCHEMAS])
     codes = _codes(problems)
     assert ("sd35_large_hostile.json", "$.lora[0].name", "value_error") in codes
     assert ("sd35_large_hostile.json", "$.parameters.loras[0].name", "value_error") in codes
@@ -131,7 +131,7 @@ def test_chunk_mapping_to_missing_node_and_bad_interception_lora(tmp_path: Path)
                                                                  "loras": [{"name": "cooked.safetensors",
                                                                             "strength": "very"}]}}
     _write(tmp_path / "configs/interception", "cooked_negatives.json", interception)
-    codes = _codes(validate_paths([tmp_path]))
+    codes = _codes(tree_problems([tmp_path]))
     assert ("output_image_sd35_large.json", "$.input_mappings.seed.node_id", "invalid") in codes
     assert ("cooked_negatives.json", "$.meta.loras[0].strength_model", "value_error") in codes
 
@@ -140,13 +140,13 @@ def test_lora_config_without_its_chunk_is_an_error(tmp_path: Path) -> None:
     lost = _yoruba()
     lost["parameters"]["OUTPUT_CHUNK"] = "output_image_nowhere"
     _write(tmp_path, "sd35_large_lost.json", lost)
-    codes = _codes(validate_paths([tmp_path]))
+    codes = _codes(tree_problems([tmp_path]))
     assert codes == [("sd35_large_lost.json", "$.parameters.OUTPUT_CHUNK", "chunk_not_found")]
 
 
 def test_a_chunk_only_the_project_layer_has_is_a_labelled_warning(tmp_path: Path) -> None:
     # Without DevServer's tree, the example is judged against the project's stand-in for DevServer's chunk.
-    problems = validate_paths([YORUBA])
+    problems = tree_problems([YORUBA])
     assert [(p.severity, p.code) for p in problems] == [("warning", "chunk_from_own_layer")]
     assert "stand-in for DevServer's output_image_sd35_large" in problems[0].message
 
@@ -215,7 +215,7 @@ def test_lora_configs_devserver_would_not_render_are_errors(tmp_path: Path) -> N
     _write(root / "configs/output", "sd35_large_nopipe.json", nopipe)
     p5 = _yoruba()
     _write(root / "configs/output", "sd35_p5js_look.json", p5)
-    codes = _codes(validate_paths([root]))
+    codes = _codes(tree_problems([root]))
     assert ("sd35_large_python.json", "$.parameters.OUTPUT_CHUNK", "chunk_is_python") in codes
     assert ("sd35_large_renamed.json", "$.name", "registered_name_differs") in codes
     assert ("sd35_large_nopipe.json", "$.pipeline", "pipeline_not_found") in codes

@@ -19,7 +19,7 @@ from graphs import (
 
 from devserver_lora.errors import WorkflowError
 from devserver_lora.graph.api import derive_node_types, is_link, iter_links
-from devserver_lora.graph.check import check_graph, validate_graph
+from devserver_lora.graph.check import check_graph, graph_problems
 from devserver_lora.graph.inject import clip_text_encoders, find_model_sources, inject_loras
 from devserver_lora.lora.spec import LoraSpec
 
@@ -84,10 +84,10 @@ def test_sd35_chunk_both_encoders_and_sampler_read_the_lora(object_info: dict) -
         DualCLIPLoader__clip_name1=["clip_g.safetensors"],
         DualCLIPLoader__clip_name2=["t5xxl_enconly.safetensors"],
     )
-    assert validate_graph(out, info) == []
+    assert graph_problems(out, info) == []
     check_graph(out, info)
     # Without the LoRA file on the server it is refused, in ComfyUI's words, before queueing.
-    problems = validate_graph(out, with_models(object_info, CheckpointLoaderSimple__ckpt_name=[
+    problems = graph_problems(out, with_models(object_info, CheckpointLoaderSimple__ckpt_name=[
         "OfficialStableDiffusion/sd3.5_large.safetensors"], DualCLIPLoader__clip_name1=["clip_g.safetensors"],
         DualCLIPLoader__clip_name2=["t5xxl_enconly.safetensors"]))
     assert [p.code for p in problems] == ["value_not_in_list"]

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from devserver_lora.graph.api import default_node_types, iter_links
-from devserver_lora.graph.check import load_object_info, validate_graph
+from devserver_lora.graph.check import graph_problems, load_object_info
 from devserver_lora.graph.inject import find_model_sources, inject_loras
 from devserver_lora.lora.spec import LoraSpec
 
@@ -190,7 +190,7 @@ def test_injection_properties(case: tuple[dict, list[LoraSpec], dict]) -> None:
                 assert str(out[consumer]["inputs"][name][0]) in new
 
     # ComfyUI would accept the result but for model files the recorded server does not have
-    assert {p.code for p in validate_graph(out, OBJECT_INFO)} <= {"value_not_in_list"}
+    assert {p.code for p in graph_problems(out, OBJECT_INFO)} <= {"value_not_in_list"}
 
     # idempotent
     assert inject_loras(out, specs, lora_info=info) == out

@@ -10,7 +10,7 @@ from ..config.files import SHIPPED_SCHEMAS_DIR
 from ..console import out, print_json
 from ..devserver.stage4 import Stage4Runner
 from ..errors import GraphValidationError
-from ..graph.check import load_object_info, validate_graph
+from ..graph.check import graph_problems, load_object_info
 from ..lora.fit import ARCHS, fit_problems, resolve_arch
 from ..lora.report import ARCH_KEY, inspect_lora
 
@@ -43,7 +43,7 @@ def _inject(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     if args.object_info:
-        problems = validate_graph(workflow, load_object_info(args.object_info))
+        problems = graph_problems(workflow, load_object_info(args.object_info))
         if problems:
             raise GraphValidationError(
                 f"the workflow for '{args.config}' would be refused by ComfyUI ({len(problems)} problem(s))",

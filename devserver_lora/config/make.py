@@ -16,7 +16,7 @@ from ..errors import ConfigError
 from ..lora.spec import LoraSpec
 from ..paths import check_simple_name
 from .files import parse_output_config
-from .models import NON_IMAGE_NAME_MARKERS, SD35_CHUNK, OutputConfig, check_image_config_name
+from .models import NON_IMAGE_NAME_MARKERS, SD35_CHUNK, OutputConfig, non_image_marker
 
 UI_LANGUAGES = ("en", "de")
 WRITTEN_BY = "devserver-lora (config.make)"
@@ -57,7 +57,7 @@ def make_lora_output_config(
     `meta.provenance` as given.
     """
     check_simple_name(name, what="output config name")
-    marker = check_image_config_name(name)
+    marker = non_image_marker(name)
     if marker:
         raise ConfigError(
             f"output config name {name!r} contains {marker!r}, so DevServer would not route it as an image",

@@ -151,7 +151,7 @@ class OutputChunk(BaseModel):
         return self.model_dump(mode="json", exclude_unset=True)
 
 
-def check_image_config_name(name: str) -> str | None:
+def non_image_marker(name: str) -> str | None:
     """The DevServer routing trap: return the offending marker if `name` would not be routed as an image."""
     lowered = name.lower()
     for marker in NON_IMAGE_NAME_MARKERS:

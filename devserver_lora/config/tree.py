@@ -164,7 +164,7 @@ class SchemasTree:
         if not lora:
             self.skipped.append(Skipped(path, kinds.SKIPPED_OUTPUT_CONFIGS))
             return
-        problems = self._chunk_check(name, config, path)
+        problems = self._render_chunk_problems(name, config, path)
         unmirrored = kinds.unmirrored_lora(data, str(path))
         if unmirrored is not None:
             problems.append(unmirrored)
@@ -172,7 +172,7 @@ class SchemasTree:
             self._broken[name] = problems
             self.problems += problems
 
-    def _chunk_check(self, name: str, config: OutputConfig, path: Path) -> list[Problem]:
+    def _render_chunk_problems(self, name: str, config: OutputConfig, path: Path) -> list[Problem]:
         """What is wrong with the chunk a LoRA config renders through ([] if nothing)."""
         chunk_name = config.output_chunk_name
         file = str(path)
@@ -225,10 +225,10 @@ class SchemasTree:
         if config is None:
             known = ", ".join(sorted(self.output_configs)) or "none"
             raise ConfigError(f"no output config named {name!r} in {self.root}", hint=f"known configs: {known}")
-        problems = self._chunk_check(name, config, self.config_files[name])
+        problems = self._render_chunk_problems(name, config, self.config_files[name])
         if problems:
             raise ConfigError(f"output config {name!r} cannot render through its chunk", problems)
         chunk_name = config.output_chunk_name
-        assert chunk_name is not None  # _chunk_check refused a missing one
+        assert chunk_name is not None  # _render_chunk_problems refused a missing one
         return ResolvedOutput(name=name, config=config, chunk=self.chunks[chunk_name], loras=config.loras,
                               chunk_origin=self.chunk_origins[chunk_name])

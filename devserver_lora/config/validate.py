@@ -32,7 +32,7 @@ from ..lora.spec import LoraSpec
 from . import kinds
 from .chunks import own_chunks
 from .files import SHIPPED_SCHEMAS_DIR, pydantic_problems, read_json_file
-from .models import NON_IMAGE_NAME_MARKERS, OutputChunk, OutputConfig, check_image_config_name
+from .models import NON_IMAGE_NAME_MARKERS, OutputChunk, OutputConfig, non_image_marker
 
 SCHEMA_MODELS: dict[str, type[BaseModel]] = {
     "output_config": OutputConfig,
@@ -256,7 +256,7 @@ def _chunk_mapping_problems(item: _Loaded) -> list[Problem]:
     return problems
 
 
-def _cross_file(items: list[_Loaded], python_chunks: set[str]) -> list[Problem]:
+def _cross_file_problems(items: list[_Loaded], python_chunks: set[str]) -> list[Problem]:
     chunks = {i.path.stem: i for i in items if i.kind == "chunk"}
     pipelines: set[str] = set()
     for i in items:
@@ -268,14 +268,14 @@ def _cross_file(items: list[_Loaded], python_chunks: set[str]) -> list[Problem]:
         if item.kind == "chunk" and item.judged and isinstance(item.model, OutputChunk):
             problems += _chunk_mapping_problems(item)
         if item.kind == "output_config" and item.judged and isinstance(item.data, dict):
-            problems += _config_rules(item, chunks, pipelines, python_chunks)
+            problems += _config_rule_problems(item, chunks, pipelines, python_chunks)
     return problems
 
 
-def _name_rules(item: _Loaded) -> list[Problem]:
+def _name_problems(item: _Loaded) -> list[Problem]:
     data, file, stem = item.data, str(item.path), item.path.stem
     problems: list[Problem] = []
-    marker = check_image_config_name(stem)
+    marker = non_image_marker(stem)
     if marker:
         problems.append(Problem(
             message=f"config name {stem!r} contains {marker!r}; DevServer would route it as non-image",
@@ -299,11 +299,11 @@ def _name_rules(item: _Loaded) -> list[Problem]:
     return problems
 
 
-def _config_rules(item: _Loaded, chunks: dict[str, _Loaded], pipelines: set[str],
+def _config_rule_problems(item: _Loaded, chunks: dict[str, _Loaded], pipelines: set[str],
                   python_chunks: set[str]) -> list[Problem]:
     # Works on the raw JSON, so these rules still report when the model itself failed to load.
     data, file = item.data, str(item.path)
-    problems = _name_rules(item)
+    problems = _name_problems(item)
     pipeline = data.get("pipeline")
     if pipelines and isinstance(pipeline, str) and pipeline not in pipelines:
         problems.append(Problem(
@@ -352,11 +352,11 @@ def validate_tree(paths: Iterable[str | Path]) -> ValidationReport:
     for item in items:
         if item.kind != "unreadable":
             _judge(item, lora_chunks, schemas)
-    problems = [p for item in items for p in item.problems] + _cross_file(items, python_chunks)
+    problems = [p for item in items for p in item.problems] + _cross_file_problems(items, python_chunks)
     skipped = Counter(i.skip for i in items if not i.judged)
     return ValidationReport(problems, sum(i.judged for i in items), skipped)
 
 
-def validate_paths(paths: Iterable[str | Path]) -> list[Problem]:
+def tree_problems(paths: Iterable[str | Path]) -> list[Problem]:
     """Every problem in the given files and folders (errors and warnings), cross-file rules included."""
     return validate_tree(paths).problems

@@ -117,7 +117,7 @@ def _this_package() -> str:
     return str(repo) if (repo / "pyproject.toml").is_file() else "devserver-lora"
 
 
-def check_tree(where: DevServerLayout, tree: SchemasTree) -> Check:
+def tree_check(where: DevServerLayout, tree: SchemasTree) -> Check:
     report = validate_tree([where.schemas])
     errors = report.errors()
     # DevServer renders from its own tree only: a chunk only the project's layer has is missing there.
@@ -144,7 +144,7 @@ def _calls_install(source: str) -> tuple[bool, bool]:
     return False, imported
 
 
-def check_app_factory(where: DevServerLayout) -> Check:
+def app_factory_check(where: DevServerLayout) -> Check:
     path = where.root / APP_FACTORY
     try:
         calls, imported = _calls_install(path.read_text(encoding="utf-8"))
@@ -158,7 +158,7 @@ def check_app_factory(where: DevServerLayout) -> Check:
                   + APP_FACTORY_SNIPPET.rstrip()])
 
 
-def check_venv(where: DevServerLayout) -> Check:
+def venv_check(where: DevServerLayout) -> Check:
     python = where.root / VENV_PYTHON
     if not python.is_file():
         return Check("DevServer's venv imports devserver_lora", False,
@@ -185,7 +185,7 @@ def _comfyui_loras(url: str) -> list[str]:
     return installed_from_object_info(answer.json())
 
 
-def check_loras_folder(where: DevServerLayout, tree: SchemasTree, comfyui_url: str | None) -> Check:
+def loras_folder_check(where: DevServerLayout, tree: SchemasTree, comfyui_url: str | None) -> Check:
     folder = where.loras_dir
     item = "loras folder exists and is the one ComfyUI reads"
     if not folder.is_dir():
@@ -231,7 +231,7 @@ def _interception_steps(tree: SchemasTree, loras_dir: Path) -> list[str]:
     return steps
 
 
-def check_lora_files(where: DevServerLayout, tree: SchemasTree) -> Check:
+def lora_files_check(where: DevServerLayout, tree: SchemasTree) -> Check:
     item = "every LoRA config's LoRA is installed and fits its model"
     configs = tree.lora_configs()
     if not configs and not tree.interception_loras:
@@ -268,7 +268,7 @@ def picker_entry(name: str, config: Any) -> str:
     return f"{{ id: '{name}', label: '{label}', emoji: '{icon}', color: '#607D8B', description: '{label}' }},"
 
 
-def check_picker(where: DevServerLayout, tree: SchemasTree) -> Check:
+def picker_check(where: DevServerLayout, tree: SchemasTree) -> Check:
     item = "each LoRA config is offered in the frontend's pickers"
     configs = tree.lora_configs()
     if not configs:
@@ -296,11 +296,11 @@ def run_doctor(root: str | Path, *, loras_dir: str | Path | None = None, comfyui
     where = layout(root, loras_dir=loras_dir, env=env)
     tree = SchemasTree.load(where.schemas, own_chunks=False)
     return [
-        check_tree(where, tree),
-        check_app_factory(where),
-        check_venv(where),
-        check_loras_folder(where, tree, comfyui_url),
-        check_lora_files(where, tree),
-        check_picker(where, tree),
+        tree_check(where, tree),
+        app_factory_check(where),
+        venv_check(where),
+        loras_folder_check(where, tree, comfyui_url),
+        lora_files_check(where, tree),
+        picker_check(where, tree),
     ]
 

@@ -20,7 +20,7 @@ from typing import Any
 from .. import safe_json
 from ..errors import GraphValidationError, Problem, WorkflowError
 
-__all__ = ["validate_graph", "check_graph", "comfy_response", "load_object_info"]
+__all__ = ["graph_problems", "check_graph", "comfy_response", "load_object_info"]
 
 _HINTS = {
     "value_not_in_list": "the server does not have this file or option; install it or pick one of the listed values",
@@ -277,7 +277,7 @@ class _Validator:
         }
 
 
-def validate_graph(graph: Mapping[str, Any], object_info: Mapping[str, Any]) -> list[Problem]:
+def graph_problems(graph: Mapping[str, Any], object_info: Mapping[str, Any]) -> list[Problem]:
     """Every problem ComfyUI's `POST /prompt` validation would report for this graph, before queueing.
 
     `object_info` is a `GET /object_info` answer (the recorded snapshot, or a live server's dict).
@@ -366,7 +366,7 @@ def comfy_response(problems: list[Problem]) -> dict[str, Any]:
 
 def check_graph(graph: Mapping[str, Any], object_info: Mapping[str, Any]) -> None:
     """Raise `GraphValidationError` (all problems attached) if ComfyUI would refuse this graph."""
-    problems = validate_graph(graph, object_info)
+    problems = graph_problems(graph, object_info)
     if problems:
         first = problems[0]
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""

@@ -147,7 +147,7 @@ def write_demo_config(job: Any, lora_name: str, arch: str, schemas: Path, checkp
     from ..config.chunks import chunk_json
     from ..config.files import parse_output_config, write_output_config
     from ..config.make import make_lora_output_config
-    from ..config.validate import validate_paths
+    from ..config.validate import tree_problems
     from ..errors import ConfigError
     from ..lora.spec import LoraSpec
     from ..paths import atomic_write_text
@@ -168,7 +168,7 @@ def write_demo_config(job: Any, lora_name: str, arch: str, schemas: Path, checkp
     config = parse_output_config(data, file=name)
     staged = write_output_config(config, Path(job.work_dir) / "demo_schemas" / "configs" / "output" / f"{name}.json",
                                  overwrite=True)
-    problems = [p for p in validate_paths([staged, chunk_path]) if p.severity == "error"]
+    problems = [p for p in tree_problems([staged, chunk_path]) if p.severity == "error"]
     if problems:
         raise ConfigError(f"the demo's output config {name} does not validate", problems)
     return name, write_output_config(config, schemas / "configs" / "output" / f"{name}.json")

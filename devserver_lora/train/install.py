@@ -26,8 +26,8 @@ from pydantic import BaseModel, Field
 from ..config.chunks import chunk_json, own_chunks
 from ..config.files import write_output_config
 from ..config.make import make_lora_output_config
-from ..config.models import NON_IMAGE_NAME_MARKERS, SD35_CHUNK, SD35_TRIPLE_CLIP_CHUNK, check_image_config_name
-from ..config.validate import validate_paths
+from ..config.models import NON_IMAGE_NAME_MARKERS, SD35_CHUNK, SD35_TRIPLE_CLIP_CHUNK, non_image_marker
+from ..config.validate import tree_problems
 from ..errors import ConfigError, JobError, LoraFileError
 from ..invocation import train_command
 from ..lora.fit import check_fit
@@ -144,7 +144,7 @@ def default_config_name(job: Any) -> str:
 
 def _check_config_name(name: str) -> str:
     check_simple_name(name, what="output config name")
-    marker = check_image_config_name(name)
+    marker = non_image_marker(name)
     if marker:
         cleaned = name
         for m in NON_IMAGE_NAME_MARKERS:
@@ -215,7 +215,7 @@ def write_config(
         shutil.rmtree(staging)
     staged = write_output_config(cfg, staging / "configs" / "output" / f"{config_name}.json")
     chunks = schemas_dir / "chunks"
-    problems = [p for p in validate_paths([staged, *([chunks] if chunks.is_dir() else [])]) if p.severity == "error"]
+    problems = [p for p in tree_problems([staged, *([chunks] if chunks.is_dir() else [])]) if p.severity == "error"]
     if problems:
         raise ConfigError(f"the generated output config {config_name} does not validate", problems)
     written = write_output_config(cfg, target)

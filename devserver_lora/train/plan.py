@@ -31,7 +31,7 @@ __all__ = [
     "Hyperparameters",
     "MemoryPlan",
     "TrainingPlan",
-    "check_backend_support",
+    "backend_support_problems",
     "make_plan",
 ]
 
@@ -204,7 +204,7 @@ class TrainingPlan(BaseModel):
         return v
 
 
-def check_backend_support(hyper: Hyperparameters, backend: str | None, memory: MemoryPlan | None = None) -> list[Problem]:
+def backend_support_problems(hyper: Hyperparameters, backend: str | None, memory: MemoryPlan | None = None) -> list[Problem]:
     """What `backend` cannot do of this plan (the backends call this in preflight too)."""
     if backend is None:
         return []
@@ -403,7 +403,7 @@ def make_plan(
     except ValidationError as exc:
         raise _plan_error(exc) from exc
 
-    problems = check_backend_support(hyper, backend, memory)
+    problems = backend_support_problems(hyper, backend, memory)
     if problems:
         raise PlanError(f"this plan does not suit the {backend} backend", problems=problems)
 

@@ -312,7 +312,7 @@ def analyse_images(jobs: list[tuple[str, str]], opts: CheckOptions) -> list[Imag
 # --- captions and the dataset as a whole -------------------------------------------------------
 
 
-def check_captions(source: Source, opts: CheckOptions) -> tuple[list[str | None], list[Problem]]:
+def read_captions(source: Source, opts: CheckOptions) -> tuple[list[str | None], list[Problem]]:
     """Decoded captions (None where unusable) and caption problems, in item order."""
     fam = get_family(opts.family)
     captions: list[str | None] = []
@@ -409,7 +409,7 @@ def run_checks(source: Source, opts: CheckOptions) -> CheckReport:
     get_family(opts.family)
     preset = get_preset(opts.preset) if opts.preset else None
     results = analyse_images([(str(i.image), i.source) for i in source.items], opts)
-    captions, caption_problems = check_captions(source, opts)
+    captions, caption_problems = read_captions(source, opts)
     problems: list[Problem] = list(source.problems)
     for r in results:
         problems.extend(r.problems)

@@ -17,7 +17,7 @@ from typing import Any
 
 from ...errors import BackendError, Problem
 from ..events import CheckpointEvent, DoneEvent, ErrorEvent, LogEvent, ProgressEvent
-from ..plan import check_backend_support
+from ..plan import backend_support_problems
 from . import models
 from .launch import LaunchSpec, multiprocess_problems, run_launched
 from .models import ModelSource
@@ -64,7 +64,7 @@ class NativeBackend:
                 )
             )
             return problems
-        problems += check_backend_support(plan.hyper, "native", plan.memory)
+        problems += backend_support_problems(plan.hyper, "native", plan.memory)
         if self.num_processes != 1:
             problems += multiprocess_problems(self.num_processes)
         if plan.hyper.shuffle_caption:
@@ -91,7 +91,7 @@ class NativeBackend:
             source = self.model_source(job)
         except BackendError as exc:
             return problems + [Problem(exc.message, hint=exc.hint, code=exc.diagnosis or "model_missing")]
-        problems += models.problems_of(source, plan.family)
+        problems += models.model_source_problems(source, plan.family)
         manifest = job.manifest
         missing = [img.file for img in manifest.images if not (Path(plan.dataset_dir) / img.file).is_file()]
         if missing:
@@ -322,10 +322,10 @@ class _Exporter:
         import torch
 
         from .lora_export import (
-            check_against_mmdit,
             diffusers_tensors,
             kohya_tensors,
             lora_metadata,
+            mmdit_fit_problems,
             pairs_from_peft,
             save_lora,
             to_mmdit_pairs,
@@ -340,7 +340,7 @@ class _Exporter:
             depth = self.info.transformer_config["num_layers"]
             tensors = kohya_tensors(to_mmdit_pairs(pairs, depth), dtype)
             if self.info.mmdit_shapes:
-                problems = check_against_mmdit(tensors, self.info.mmdit_shapes)
+                problems = mmdit_fit_problems(tensors, self.info.mmdit_shapes)
                 if problems:
                     raise BackendError(
                         f"the exported LoRA does not fit the base model: {problems[0].message}",

@@ -184,7 +184,7 @@ def diffusers_tensors(pairs: Mapping[str, LoraPair], dtype: torch.dtype) -> dict
     return tensors
 
 
-def check_against_mmdit(tensors: Mapping[str, torch.Tensor], mmdit_shapes: Mapping[str, tuple[int, ...]]) -> list[Problem]:
+def mmdit_fit_problems(tensors: Mapping[str, torch.Tensor], mmdit_shapes: Mapping[str, tuple[int, ...]]) -> list[Problem]:
     """Every kohya module must name a 2-D weight of the checkpoint with matching (out, in); as ComfyUI maps them.
 
     `mmdit_shapes` holds MMDiT keys without prefix (`joint_blocks.0.x_block.attn.qkv.weight` -> shape).

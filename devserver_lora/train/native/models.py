@@ -333,7 +333,7 @@ def _load_strict(model: Any, state: dict[str, Any], *, what: str, allow_missing:
         )
 
 
-def problems_of(source: ModelSource, family: str | None) -> list[Problem]:
+def model_source_problems(source: ModelSource, family: str | None) -> list[Problem]:
     """preflight: every header-level problem as a Problem (nothing heavy loaded)."""
     try:
         info = inspect_source(source, family=family)
