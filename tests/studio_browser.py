@@ -102,6 +102,9 @@ class StudioServer:
 
 @contextmanager
 def studio_server(home: Path, **kwargs: Any) -> Iterator[StudioServer]:
+    # The page is built against STUDIO_API.md while studio-api lands the routes; until then this says so (and
+    # fails under CI, which must run it).
+    pytest.importorskip("devserver_lora.studio", reason="the Studio API (devserver_lora.studio) has not landed yet")
     server = StudioServer(home, **kwargs)
     try:
         yield server.start()
