@@ -5,11 +5,17 @@ family's facts and the caller's overrides, validates every hyperparameter with a
 student can act on, turns the preset's target step count into epochs for this dataset, and
 asks `memory.py` for the cheapest memory plan that fits the card (or refuses with the reason
 and what would fit). Every choice is explained in one line in `plan.explanations`.
+
+`make_plan` only orders its parts: validation (`_check_backend_knows`, `_load_dataset`,
+`_resolve_values`, `_validate_without_steps`), the memory search (`_search_memory`,
+`accumulation_for`), the step arithmetic (`step_schedule`) and the final validation
+(`_final_hyperparameters`); each part returns the explanation lines of its choices.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,10 +25,10 @@ from ..errors import DatasetError, PlanError, Problem
 from ..paths import UnsafePathError, check_simple_name
 from .card import CARD_FILE, load_card
 from .dataset.manifest import DatasetManifest, load_manifest
-from .families import FAMILIES, get_family
+from .families import FAMILIES, Family, get_family
 from .gpu import GpuInfo
-from .memory import CPU_RELATIVE_SPEED, MemoryPlan, Workload, choose_memory_plan, estimate
-from .presets import get_preset
+from .memory import CPU_RELATIVE_SPEED, Choice, MemoryPlan, Workload, choose_memory_plan, estimate
+from .presets import Preset, get_preset
 
 __all__ = [
     "BACKEND_OPTIMIZERS",
@@ -30,9 +36,13 @@ __all__ = [
     "GpuInfo",
     "Hyperparameters",
     "MemoryPlan",
+    "StepSchedule",
     "TrainingPlan",
+    "accumulation_for",
     "backend_support_problems",
     "make_plan",
+    "mixed_precision_for",
+    "step_schedule",
 ]
 
 OPTIMIZERS = ("AdamW", "AdamW8bit", "Adafactor", "Prodigy")
@@ -271,39 +281,35 @@ def _dataset(dataset: DatasetManifest | str | Path) -> tuple[DatasetManifest, st
     return load_manifest(folder), str(folder)
 
 
-def make_plan(
-    family: str,
-    preset: str,
-    dataset: str | Path,
-    *,
-    gpu: GpuInfo | None = None,
-    overrides: dict[str, Any] | None = None,
-    backend: BackendName | None = None,
-    output_name: str | None = None,
-    require_card: bool = True,
-) -> TrainingPlan:
-    """Resolve a plan for a prepared dataset folder; PlanError/DatasetError with what to change otherwise."""
-    fam = get_family(family)
-    pre = get_preset(preset)
+def _check_backend_knows(fam: Family, backend: BackendName | None) -> None:
+    """Validation: the native backend trains only the families it was built for."""
     if backend == "native" and not fam.native_supported:
         native = [f.name for f in FAMILIES.values() if f.native_supported]
         raise PlanError(
             f"the native backend cannot train {fam.label}",
             hint=f"use --backend kohya, or a family the native backend knows: {', '.join(native)}",
         )
+
+
+def _load_dataset(dataset: DatasetManifest | str | Path, *, require_card: bool) -> tuple[DatasetManifest, str]:
+    """Validation: the prepared folder's manifest, its card allowing training, at least one image."""
     manifest, dataset_dir = _dataset(dataset)
     if require_card:
         card = load_card(Path(dataset_dir) / CARD_FILE)
         card_problems = card.problems()
         if card_problems:
             raise DatasetError("the dataset card does not allow training", problems=card_problems)
-    n = manifest.num_images
-    if n == 0:
+    if manifest.num_images == 0:
         raise DatasetError(f"the dataset in {dataset_dir} has no images", hint="prepare it again with images")
-    overrides = dict(overrides or {})
-    memory_overrides = {k: overrides.pop(k) for k in _MEMORY_OVERRIDES if k in overrides}
-    explanations: list[str] = [f"{pre.label}: {pre.explanation_en}"]
+    return manifest, dataset_dir
 
+
+def _resolve_values(
+    fam: Family, pre: Preset, manifest: DatasetManifest, overrides: dict[str, Any]
+) -> tuple[dict[str, Any], list[str]]:
+    """The raw hyperparameters: family defaults < preset < dataset folder < the caller's overrides
+    (memory overrides already taken out), and the explanation of each adjustment."""
+    explanations: list[str] = [f"{pre.label}: {pre.explanation_en}"]
     values: dict[str, Any] = {"resolution": fam.default_resolution}
     values.update(pre.hyper)
     if fam.default_resolution < values["resolution"]:
@@ -325,33 +331,50 @@ def make_plan(
             f"repeats {values['repeats']} instead of the dataset folder's {manifest.repeats} "
             f"({manifest.subset_dir}): the backend passes it explicitly"
         )
-    # Steps depend on the rest; validate everything else first with a placeholder step count.
+    return values, explanations
+
+
+def _validate_without_steps(values: dict[str, Any]) -> tuple[Hyperparameters, Any, Any]:
+    """Validation of everything but the step count, which depends on the rest (a placeholder stands in).
+    Returns the hyperparameters and the caller's explicit max_train_steps and epochs (None if not given)."""
+    values = dict(values)
     explicit_steps = values.pop("max_train_steps", None)
     explicit_epochs = values.pop("epochs", None)
     try:
         hyper = Hyperparameters.model_validate({**values, "max_train_steps": 10**6, "epochs": 1})
     except ValidationError as exc:
         raise _plan_error(exc) from exc
+    return hyper, explicit_steps, explicit_epochs
 
-    batch = hyper.batch_size
-    mixed = "bf16"
+
+def mixed_precision_for(gpu: GpuInfo | None) -> tuple[Literal["bf16", "fp16", "no"], str | None]:
+    """The mixed precision the card supports, with the explanation when it is not bf16."""
     if gpu is None:
-        mixed = "no"
-        explanations.append("no GPU found or given: full precision on the CPU (only sensible for tiny test models)")
-    elif not gpu.supports_bf16:
-        mixed = "fp16"
-        explanations.append(f"fp16 mixed precision: {gpu.name} (compute {gpu.compute_capability}) has no bf16")
-    if "mixed_precision" not in overrides:
-        hyper.mixed_precision = mixed
+        return "no", "no GPU found or given: full precision on the CPU (only sensible for tiny test models)"
+    if not gpu.supports_bf16:
+        return "fp16", f"fp16 mixed precision: {gpu.name} (compute {gpu.compute_capability}) has no bf16"
+    return "bf16", None
 
+
+def _search_memory(
+    fam: Family,
+    pre: Preset,
+    hyper: Hyperparameters,
+    num_images: int,
+    gpu: GpuInfo | None,
+    backend: BackendName | None,
+    forced: dict[str, Any],
+) -> tuple[MemoryPlan, Choice, Workload, list[str]]:
+    """Memory search: refuse a card below the preset's minimum, else the cheapest memory plan that fits
+    (memory.choose_memory_plan), the choice behind it, the workload it was estimated for and its notes."""
     work = Workload(
         family=fam,
         resolution=hyper.resolution,
-        batch_size=batch,
+        batch_size=hyper.batch_size,
         network_dim=hyper.network_dim,
         optimizer=hyper.optimizer,
         train_text_encoder=hyper.train_text_encoder,
-        num_images=n,
+        num_images=num_images,
         steps=pre.target_steps,
     )
     if gpu is not None and pre.min_vram_gb and gpu.vram_gb < pre.min_vram_gb:
@@ -360,66 +383,155 @@ def make_plan(
             f"{gpu.vram_gb:g} GB",
             hint="choose 'atelier' or 'fotostudio', or a larger GPU",
         )
-    memory, choice, notes = choose_memory_plan(work, gpu, backend=backend, forced=memory_overrides)
-    explanations.extend(notes)
-    batch = choice.batch_size
-    accumulation = hyper.gradient_accumulation_steps * max(1, hyper.batch_size // batch)
-    if batch != hyper.batch_size:
-        explanations.append(
-            f"batch size {batch} with {accumulation} accumulation steps: same effective batch "
-            f"({hyper.batch_size * hyper.gradient_accumulation_steps}) in less memory"
-        )
+    memory, choice, notes = choose_memory_plan(work, gpu, backend=backend, forced=forced)
+    return memory, choice, work, notes
 
-    # Steps: Kohya counts optimizer steps; an epoch is every image seen `repeats` times.
-    steps_per_epoch = max(1, math.ceil(math.ceil(n * hyper.repeats / batch) / accumulation))
-    if explicit_steps is not None:
-        max_steps = int(explicit_steps)
-        epochs = max(1, math.ceil(max_steps / steps_per_epoch))
-        explanations.append(f"{max_steps} steps as requested ({epochs} epochs of {steps_per_epoch} steps)")
-    elif explicit_epochs is not None:
-        epochs = int(explicit_epochs)
-        max_steps = epochs * steps_per_epoch
-        explanations.append(f"{epochs} epochs as requested = {max_steps} steps")
+
+def accumulation_for(hyper: Hyperparameters, batch: int) -> tuple[int, str | None]:
+    """Gradient accumulation that keeps the requested effective batch when memory forced a smaller
+    batch, with the explanation when the batch changed."""
+    accumulation = hyper.gradient_accumulation_steps * max(1, hyper.batch_size // batch)
+    if batch == hyper.batch_size:
+        return accumulation, None
+    return accumulation, (
+        f"batch size {batch} with {accumulation} accumulation steps: same effective batch "
+        f"({hyper.batch_size * hyper.gradient_accumulation_steps}) in less memory"
+    )
+
+
+@dataclass(frozen=True)
+class StepSchedule:
+    """Step arithmetic of a plan: optimizer steps per epoch, epochs, total steps, and why."""
+
+    steps_per_epoch: int
+    epochs: int
+    max_steps: int
+    explanation: str
+
+
+def step_schedule(
+    num_images: int,
+    repeats: int,
+    batch: int,
+    accumulation: int,
+    target_steps: int,
+    *,
+    steps: int | None = None,
+    epochs: int | None = None,
+) -> StepSchedule:
+    """Kohya counts optimizer steps; an epoch is every image seen `repeats` times. Explicit `steps` win
+    (epochs rounded up to cover them), then explicit `epochs`, else the epoch count nearest the preset's
+    `target_steps` (at least one)."""
+    per_epoch = max(1, math.ceil(math.ceil(num_images * repeats / batch) / accumulation))
+    if steps is not None:
+        max_steps = int(steps)
+        n_epochs = max(1, math.ceil(max_steps / per_epoch))
+        why = f"{max_steps} steps as requested ({n_epochs} epochs of {per_epoch} steps)"
+    elif epochs is not None:
+        n_epochs = int(epochs)
+        max_steps = n_epochs * per_epoch
+        why = f"{n_epochs} epochs as requested = {max_steps} steps"
     else:
-        epochs = max(1, round(pre.target_steps / steps_per_epoch))
-        max_steps = epochs * steps_per_epoch
-        explanations.append(
-            f"{epochs} epochs x {steps_per_epoch} steps = {max_steps} steps: {n} images x {hyper.repeats} repeats "
-            f"/ batch {batch * accumulation}, aiming at about {pre.target_steps} steps for this preset"
+        n_epochs = max(1, round(target_steps / per_epoch))
+        max_steps = n_epochs * per_epoch
+        why = (
+            f"{n_epochs} epochs x {per_epoch} steps = {max_steps} steps: {num_images} images x {repeats} repeats "
+            f"/ batch {batch * accumulation}, aiming at about {target_steps} steps for this preset"
         )
-    save_every = min(hyper.save_every_n_epochs, epochs)
+    return StepSchedule(steps_per_epoch=per_epoch, epochs=n_epochs, max_steps=max_steps, explanation=why)
+
+
+def _final_hyperparameters(
+    hyper: Hyperparameters, batch: int, accumulation: int, schedule: StepSchedule
+) -> Hyperparameters:
+    """Validation of the finished hyperparameters: the memory search's batch, the step arithmetic,
+    saving no less often than once per run, warm-up shortened to a tenth when it would not end."""
     final_values = hyper.model_dump()
     final_values.update(
         batch_size=batch,
         gradient_accumulation_steps=accumulation,
-        max_train_steps=max_steps,
-        epochs=epochs,
-        save_every_n_epochs=save_every,
+        max_train_steps=schedule.max_steps,
+        epochs=schedule.epochs,
+        save_every_n_epochs=min(hyper.save_every_n_epochs, schedule.epochs),
     )
-    if final_values["lr_warmup_steps"] >= max_steps:
-        final_values["lr_warmup_steps"] = max(0, max_steps // 10)
+    if final_values["lr_warmup_steps"] >= schedule.max_steps:
+        final_values["lr_warmup_steps"] = max(0, schedule.max_steps // 10)
     try:
-        hyper = Hyperparameters.model_validate(final_values)
+        return Hyperparameters.model_validate(final_values)
     except ValidationError as exc:
         raise _plan_error(exc) from exc
+
+
+def _with_wall_time(
+    memory: MemoryPlan, work: Workload, choice: Choice, gpu: GpuInfo | None, hyper: Hyperparameters
+) -> MemoryPlan:
+    """The memory plan with its wall-time estimate refined by the real step count and batch."""
+    speed = (gpu.relative_speed * gpu.count) if gpu else CPU_RELATIVE_SPEED
+    final_work = replace(
+        work, steps=hyper.max_train_steps, batch_size=hyper.batch_size, accumulation=hyper.gradient_accumulation_steps
+    )
+    est = estimate(final_work, choice, gpu_speed=speed)
+    return memory.model_copy(update={"estimated_wall_time_s": est.wall_time_s})
+
+
+def _text_encoder_note(fam: Family, hyper: Hyperparameters) -> str | None:
+    if not hyper.train_text_encoder:
+        return None
+    return (
+        f"text encoders ({', '.join(fam.trainable_text_encoders)}) are trained too, at learning rate "
+        f"{hyper.text_encoder_lr or hyper.learning_rate:g}, so the model learns new words"
+    )
+
+
+def make_plan(
+    family: str,
+    preset: str,
+    dataset: str | Path,
+    *,
+    gpu: GpuInfo | None = None,
+    overrides: dict[str, Any] | None = None,
+    backend: BackendName | None = None,
+    output_name: str | None = None,
+    require_card: bool = True,
+) -> TrainingPlan:
+    """Resolve a plan for a prepared dataset folder; PlanError/DatasetError with what to change otherwise.
+    The parts run in order: validation (backend, dataset, hyperparameters), memory search, step
+    arithmetic, final validation; each adds its line to the explanations."""
+    fam = get_family(family)
+    pre = get_preset(preset)
+    _check_backend_knows(fam, backend)
+    manifest, dataset_dir = _load_dataset(dataset, require_card=require_card)
+    n = manifest.num_images
+    overrides = dict(overrides or {})
+    memory_overrides = {k: overrides.pop(k) for k in _MEMORY_OVERRIDES if k in overrides}
+
+    values, explanations = _resolve_values(fam, pre, manifest, overrides)
+    hyper, explicit_steps, explicit_epochs = _validate_without_steps(values)
+    mixed, note = mixed_precision_for(gpu)
+    explanations.extend([note] if note else [])
+    if "mixed_precision" not in overrides:
+        hyper.mixed_precision = mixed
+
+    memory, choice, work, notes = _search_memory(fam, pre, hyper, n, gpu, backend, memory_overrides)
+    explanations.extend(notes)
+    batch = choice.batch_size
+    accumulation, note = accumulation_for(hyper, batch)
+    explanations.extend([note] if note else [])
+
+    schedule = step_schedule(
+        n, hyper.repeats, batch, accumulation, pre.target_steps, steps=explicit_steps, epochs=explicit_epochs
+    )
+    explanations.append(schedule.explanation)
+    hyper = _final_hyperparameters(hyper, batch, accumulation, schedule)
 
     problems = backend_support_problems(hyper, backend, memory)
     if problems:
         raise PlanError(f"this plan does not suit the {backend} backend", problems=problems)
+    memory = _with_wall_time(memory, work, choice, gpu, hyper)
 
-    # Refine the wall-time estimate with the real step count.
-    speed = (gpu.relative_speed * gpu.count) if gpu else CPU_RELATIVE_SPEED
-    final_work = Workload(**{**work.__dict__, "steps": max_steps, "batch_size": batch, "accumulation": accumulation})
-    est = estimate(final_work, choice, gpu_speed=speed)
-    memory = memory.model_copy(update={"estimated_wall_time_s": est.wall_time_s})
-
-    name = output_name or manifest.trigger or manifest.name
-    name = _safe_output_name(name)
-    if hyper.train_text_encoder:
-        explanations.append(
-            f"text encoders ({', '.join(fam.trainable_text_encoders)}) are trained too, at learning rate "
-            f"{hyper.text_encoder_lr or hyper.learning_rate:g}, so the model learns new words"
-        )
+    name = _safe_output_name(output_name or manifest.trigger or manifest.name)
+    note = _text_encoder_note(fam, hyper)
+    explanations.extend([note] if note else [])
     return TrainingPlan(
         family=fam.name,
         preset=pre.name,
@@ -427,7 +539,7 @@ def make_plan(
         trigger=manifest.trigger,
         dataset_dir=dataset_dir,
         num_images=n,
-        steps_per_epoch=steps_per_epoch,
+        steps_per_epoch=schedule.steps_per_epoch,
         hyper=hyper,
         memory=memory,
         gpu=gpu,
