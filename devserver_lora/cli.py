@@ -18,6 +18,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "devserver_lora.commands.comfy_cmds",
     "devserver_lora.commands.comfyui_cmds",
     "devserver_lora.commands.devserver_cmds",
+    "devserver_lora.commands.studio_cmds",
 )
 
 

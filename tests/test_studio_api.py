@@ -1,0 +1,364 @@
+"""The Studio's REST API through Flask's test client: every route, and each refusal answering in the one error shape
+without writing anything (the data folder is compared byte for byte before and after)."""
+
+from __future__ import annotations
+
+import io
+import json
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("flask", reason="the Studio needs the [studio] extra (flask, waitress)")
+
+from studio_api_support import BAD_IMAGE, CARD, make_studio, plan_body, planted_zip, snapshot, upload, user  # noqa: E402
+
+from devserver_lora.train.cli import main as train_main  # noqa: E402
+
+
+@pytest.fixture()
+def studio(tmp_path: Path) -> Any:
+    app, client, st = make_studio(tmp_path / "home", teachers=["teacher"])
+    return client, st, tmp_path
+
+
+@pytest.fixture()
+def with_dataset(studio: Any) -> Any:
+    client, st, tmp = studio
+    r = upload(client, "alice", "squares", [(planted_zip(tmp / "src"), "squares.zip")])
+    assert r.status_code == 201, r.json
+    return client, st, tmp
+
+
+def _error(r: Any, status: int) -> dict[str, Any]:
+    assert r.status_code == status, (r.status_code, r.data[:500])
+    body = r.json["error"]
+    assert body["message"] and isinstance(body["fields"], list) and "hint" in body
+    return body
+
+
+def _fields(r: Any) -> set[str]:
+    return {f["field"] for f in _error(r, 400)["fields"]}
+
+
+def test_me_presets_and_gpus(studio: Any) -> None:
+    client, _st, _ = studio
+    assert client.get("/api/lora/me").json == {"user": None, "teacher": False, "mounted": False}
+    assert client.get("/api/lora/me", headers=user("teacher")).json["teacher"] is True
+    body = client.get("/api/lora/presets").json
+    ids = [p["id"] for p in body["presets"]]
+    assert {"fotostudio", "atelier", "galerie"} <= set(ids)
+    foto = body["presets"][ids.index("fotostudio")]
+    assert foto["ranges"]["network_dim"] == [4, 64] and foto["ranges"]["resolution"] == [256, 1536]
+    assert foto["label_de"] and foto["explanation_en"] and foto["hyper"]["network_dim"] == 16
+    assert "cosine" in body["schedulers"] and "sd35_large" in [f["id"] for f in body["families"]]
+    gpus = client.get("/api/lora/gpus").json
+    assert gpus[0]["id"] == "cpu" and any(g["id"] == "rtx_4090" and g["vram_gb"] == 24 for g in gpus)
+
+
+def test_upload_zip_checks_each_image_and_flags_the_cut_one(with_dataset: Any) -> None:
+    client, _st, _ = with_dataset
+    view = client.get("/api/lora/datasets/squares", headers=user("alice")).json
+    assert view["owner"] == "alice" and view["blocking"] is False and view["card"] is None
+    by_file = {i["file"]: i for i in view["images"]}
+    assert len(by_file) == 5
+    bad = by_file[BAD_IMAGE]
+    assert any(p["severity"] == "error" for p in bad["problems"]) and bad["thumb_url"] is None
+    good = by_file["square_00.png"]
+    assert good["caption"].startswith("mgsq") and good["width"] == 256
+    thumb = client.get(good["thumb_url"], headers=user("alice"))
+    assert thumb.status_code == 200 and thumb.mimetype == "image/png" and thumb.data[:4] == b"\x89PNG"
+
+
+def test_upload_several_files_with_captions(studio: Any) -> None:
+    client, _st, tmp = studio
+    from devserver_lora.train.native.tiny import write_planted_images
+
+    src = write_planted_images(tmp / "loose", n=3, size=256)
+    files = [(p.read_bytes(), p.name) for p in sorted(src.iterdir()) if p.suffix in (".png", ".txt")]
+    r = upload(client, "bob", "loose", files)
+    assert r.status_code == 201, r.json
+    assert len(r.json["images"]) == 3 and all(i["caption"] for i in r.json["images"])
+
+
+def test_each_upload_refusal_writes_nothing(studio: Any) -> None:
+    client, st, tmp = studio
+    home = st.config.data_dir
+    zipped = planted_zip(tmp / "src", bad=False)
+    before = snapshot(home)
+    assert _error(client.post("/api/lora/datasets", data={"name": "x"}), 403)["message"]  # nobody named
+    assert _fields(upload(client, "alice", "../evil", [(zipped, "a.zip")])) == {"name"}
+    assert _fields(upload(client, "alice", "", [(zipped, "a.zip")])) == {"name"}
+    assert _fields(upload(client, "alice", "empty", [])) == {"files"}
+    assert _fields(upload(client, "alice", "exe", [(b"MZ", "run.exe"), (zipped, "b.zip")])) == {"files"}
+    assert _fields(upload(client, "alice", "twice", [(b"a", "a.txt"), (b"b", "a.txt")])) == {"files"}
+    assert _fields(upload(client, "alice", "nopix", [(b"caption", "a.txt")])) == {"files"}
+    r = upload(client, "alice", "notzip", [(b"this is not a zip", "data.zip")])
+    assert r.status_code == 400
+    # A ZIP that climbs out of its folder is refused by the training package's safe extraction.
+    buf = io.BytesIO()
+    import zipfile
+
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("../../escape.png", b"x")
+    assert upload(client, "alice", "climb", [(buf.getvalue(), "c.zip")]).status_code == 400
+    assert snapshot(home) == before
+
+
+def test_upload_size_limit_is_413_and_writes_nothing(tmp_path: Path) -> None:
+    from devserver_lora.studio.config import Limits
+
+    _app, client, st = make_studio(tmp_path / "home", limits=Limits(max_upload_bytes=50_000))
+    before = snapshot(st.config.data_dir)
+    r = upload(client, "alice", "big", [(b"\0" * 200_000, "big.png")])
+    assert _error(r, 413)["message"].startswith("the upload is larger than")
+    assert snapshot(st.config.data_dir) == before
+
+
+def test_a_dataset_name_is_per_user_and_not_replaced(with_dataset: Any) -> None:
+    client, _st, tmp = with_dataset
+    zipped = planted_zip(tmp / "src2", bad=False)
+    assert _error(upload(client, "alice", "squares", [(zipped, "a.zip")]), 409)["fields"][0]["field"] == "name"
+    # Bob's "squares" is his own: uploads of two users never share a folder.
+    assert upload(client, "bob", "squares", [(zipped, "a.zip")]).status_code == 201
+    assert len(client.get("/api/lora/datasets/squares", headers=user("alice")).json["images"]) == 5
+    assert len(client.get("/api/lora/datasets/squares", headers=user("bob")).json["images"]) == 4
+    assert [d["owner"] for d in client.get("/api/lora/datasets", headers=user("bob")).json] == ["bob"]
+    everyone = client.get("/api/lora/datasets?all=1", headers=user("teacher")).json
+    assert sorted(d["owner"] for d in everyone) == ["alice", "bob"]
+    assert client.get("/api/lora/datasets/squares?owner=alice", headers=user("bob")).status_code == 403
+    assert client.get("/api/lora/datasets/squares?owner=alice", headers=user("teacher")).status_code == 200
+    assert client.get("/api/lora/datasets/nope", headers=user("bob")).status_code == 404
+    assert client.get("/api/lora/datasets/squares/thumbs/..%2Fview.json", headers=user("bob")).status_code in (400,
+                                                                                                               404)
+
+
+def test_card_put_validates_with_the_dataset_card_model(with_dataset: Any) -> None:
+    client, st, _ = with_dataset
+    before = snapshot(st.config.data_dir)
+    r = client.put("/api/lora/datasets/squares/card", json={"title": "x", "consent": "maybe"}, headers=user("alice"))
+    assert {"description", "source", "rights_holder", "licence", "consent", "cultural_context",
+            "approved_by"} <= _fields(r)
+    assert _fields(client.put("/api/lora/datasets/squares/card", data="[]", headers=user("alice"),
+                              content_type="application/json")) == {"card"}
+    assert snapshot(st.config.data_dir) == before
+    card = {**CARD, "license": CARD["licence"]}
+    del card["licence"]  # the card takes both spellings
+    r = client.put("/api/lora/datasets/squares/card", json=card, headers=user("alice"))
+    assert r.status_code == 200 and r.json["card"]["licence"] == "CC0-1.0"
+
+
+def test_plan_is_the_clis_plan_and_its_command_runs_as_shown(with_dataset: Any, capsys: Any) -> None:
+    client, st, _ = with_dataset
+    client.put("/api/lora/datasets/squares/card", json=CARD, headers=user("alice"))
+    r = client.post("/api/lora/plans", json=plan_body(), headers=user("alice"))
+    assert r.status_code == 200, r.json
+    body = r.json
+    assert body["problems"] == [] and "peak about" in body["memory"]["explanation"]
+    assert body["plan"]["hyper"]["max_train_steps"] == 4 and body["plan"]["num_images"] == 4  # the cut one left out
+    argv = body["argv"]
+    assert shlex.split(body["command"]) == argv and argv[1:3] == ["-m", "devserver_lora.train"]
+    # The same argv through the CLI's own parser makes the same plan, and creates the job in the Studio's store.
+    capsys.readouterr()
+    assert train_main([*argv[3:], "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["plan"] == body["plan"]
+    listed = client.get("/api/lora/jobs", headers=user("teacher")).json["jobs"]
+    assert [j["id"] for j in listed] == [printed["job_id"]] and listed[0]["owner"] is None
+    assert client.get("/api/lora/jobs", headers=user("alice")).json["jobs"] == []  # terminal jobs: teachers only
+
+
+BAD_PLANS: list[tuple[dict[str, Any], set[str]]] = [
+    ({"overrides": {"resolution": 128}}, {"hyper.resolution"}),
+    ({"overrides": {"resolution": 2048}}, {"hyper.resolution"}),
+    ({"overrides": {"learning_rate": 1e-7}}, {"hyper.learning_rate"}),
+    ({"overrides": {"max_train_steps": 0}}, {"hyper.max_train_steps"}),
+    ({"overrides": {"max_train_steps": "many"}}, {"hyper.max_train_steps"}),
+    ({"overrides": {"lr_scheduler": "warp"}}, {"hyper.lr_scheduler"}),
+    ({"overrides": {"network_dim": 64}}, {"hyper.network_dim"}),  # quick_test allows 1-16
+    ({"overrides": {"network_dim": 8, "network_alpha": 40}}, {"hyper.network_alpha"}),
+    ({"overrides": {"no_such_setting": 1}}, {"hyper.no_such_setting"}),
+    ({"overrides": {"fp8_base": "yes"}}, {"hyper.fp8_base"}),
+    ({"output_name": "../x"}, {"output_name"}),
+    ({"trigger": "a,b"}, {"trigger"}),
+    ({"family": "sd9"}, {"family"}),
+    ({"preset": "turbo"}, {"preset"}),
+    ({"backend": "shell"}, {"backend"}),
+    ({"gpu": "quantum"}, {"gpu"}),
+    ({"dataset": "../../etc"}, {"dataset"}),
+    ({"extra": 1}, {"extra"}),
+]
+
+
+@pytest.mark.parametrize(("change", "named"), BAD_PLANS, ids=[str(c) for c, _ in BAD_PLANS])
+def test_each_bad_plan_is_refused_by_field_and_writes_nothing(with_dataset: Any, change: dict[str, Any],
+                                                              named: set[str]) -> None:
+    client, st, _ = with_dataset
+    client.put("/api/lora/datasets/squares/card", json=CARD, headers=user("alice"))
+    before = snapshot(st.config.data_dir)
+    body = plan_body(**change)
+    if "overrides" in change:
+        body["overrides"] = {**plan_body()["overrides"], **change["overrides"]}
+    for route in ("/api/lora/plans", "/api/lora/jobs"):
+        r = client.post(route, json=body, headers=user("alice"))
+        assert _fields(r) == named, r.json
+    assert snapshot(st.config.data_dir) == before
+
+
+def test_several_bad_settings_are_named_together(with_dataset: Any) -> None:
+    client, _st, _ = with_dataset
+    r = client.post("/api/lora/plans", json=plan_body(overrides={"learning_rate": 1e-9, "resolution": 100,
+                                                                 "lr_scheduler": "x", "max_train_steps": -1}),
+                    headers=user("alice"))
+    assert _fields(r) == {"hyper.learning_rate", "hyper.resolution", "hyper.lr_scheduler", "hyper.max_train_steps"}
+    assert all(f["hint"] for f in r.json["error"]["fields"])
+
+
+def test_plan_refusals_for_requests(studio: Any, with_dataset: Any) -> None:
+    client, _st, _ = with_dataset
+    assert _error(client.post("/api/lora/plans", json=plan_body()), 403)
+    assert _error(client.post("/api/lora/plans", json=[1], headers=user("alice")), 400)
+    assert _error(client.post("/api/lora/plans", json=plan_body(dataset="other"), headers=user("alice")), 404)
+    assert _error(client.post("/api/lora/plans", json=plan_body(), headers=user("bob")), 404)  # not bob's
+    assert _error(client.post("/api/lora/plans", json=plan_body(owner="alice"), headers=user("bob")), 403)
+    assert client.post("/api/lora/plans", json=plan_body(owner="alice"), headers=user("teacher")).status_code == 200
+    # A plan for the galerie preset (>= 16 GB) on a 12 GB card is refused by make_plan, saying so.
+    r = client.post("/api/lora/plans", json=plan_body(preset="galerie", backend="kohya", gpu="rtx_3060", overrides={}),
+                    headers=user("alice"))
+    assert r.status_code == 400 and "16" in r.json["error"]["message"]
+
+
+def test_jobs_need_a_card_then_belong_to_their_owner(with_dataset: Any) -> None:
+    client, st, _ = with_dataset
+    before = snapshot(st.config.data_dir)
+    assert _fields(client.post("/api/lora/jobs", json=plan_body(), headers=user("alice"))) == {"card"}
+    assert snapshot(st.config.data_dir) == before
+    client.put("/api/lora/datasets/squares/card", json=CARD, headers=user("alice"))
+    r = client.post("/api/lora/jobs", json=plan_body(), headers=user("alice"))
+    assert r.status_code == 201, r.json
+    job = r.json
+    assert job["state"] == "created" and job["owner"] == "alice" and job["parent"] is None
+    assert job["command"].split()[1:4] == ["-m", "devserver_lora.train", "run"] and job["id"] in job["command"]
+    assert client.get(f"/api/lora/jobs/{job['id']}", headers=user("alice")).json["id"] == job["id"]
+    assert client.get(f"/api/lora/jobs/{job['id']}", headers=user("bob")).status_code == 404
+    assert client.get(f"/api/lora/jobs/{job['id'][:8]}", headers=user("alice")).status_code == 404  # exact ids only
+    assert [j["id"] for j in client.get("/api/lora/jobs", headers=user("alice")).json["jobs"]] == [job["id"]]
+    assert client.get("/api/lora/jobs", headers=user("bob")).json["jobs"] == []
+    assert [j["id"] for j in client.get("/api/lora/jobs", headers=user("teacher")).json["jobs"]] == [job["id"]]
+    # A variant keeps the link to its parent and changes only what it names.
+    r = client.post(f"/api/lora/jobs/{job['id']}/variant", json={"overrides": {"learning_rate": 1e-3},
+                                                                   "output_name": "squares_v2"},
+                    headers=user("alice"))
+    assert r.status_code == 201, r.json
+    child = r.json
+    assert child["parent"] == job["id"] and child["output_name"] == "squares_v2"
+    assert st.store.get(child["id"]).plan.hyper.learning_rate == 1e-3
+    assert st.store.get(child["id"]).plan.hyper.max_train_steps == 4
+    assert _fields(client.post(f"/api/lora/jobs/{job['id']}/variant", json={"overrides": {"resolution": 1}},
+                               headers=user("alice"))) == {"hyper.resolution"}
+    assert _error(client.post(f"/api/lora/jobs/{job['id']}/variant", json={"x": 1}, headers=user("alice")), 400)
+    # Resume before a run, install before done, a job of nobody: refused.
+    assert _error(client.post(f"/api/lora/jobs/{job['id']}/resume", headers=user("alice")), 409)
+    assert _error(client.post(f"/api/lora/jobs/{job['id']}/install", json={}, headers=user("alice")), 409)
+    assert _error(client.post("/api/lora/jobs/nope/run", headers=user("alice")), 404)
+    # The native backend has no base model configured here: run is refused before anything starts.
+    r = client.post(f"/api/lora/jobs/{job['id']}/run", headers=user("alice"))
+    assert r.status_code == 400 and "native" in r.json["error"]["message"] and r.json["error"]["fields"]
+    assert st.store.get(job["id"]).state == "created"
+    # Cancel a job that never ran; then delete it (its files go) and its variant.
+    assert client.post(f"/api/lora/jobs/{job['id']}/cancel", headers=user("alice")).json["state"] == "cancelled"
+    assert _error(client.post(f"/api/lora/jobs/{job['id']}/cancel", headers=user("alice")), 409)
+    assert client.delete(f"/api/lora/jobs/{job['id']}", headers=user("bob")).status_code == 404
+    assert client.delete(f"/api/lora/jobs/{job['id']}", headers=user("alice")).status_code == 204
+    assert not (st.config.jobs_dir / job["id"]).exists()
+    assert client.get(f"/api/lora/jobs/{job['id']}", headers=user("alice")).status_code == 404
+
+
+def test_job_files_are_path_checked(with_dataset: Any) -> None:
+    client, st, _ = with_dataset
+    client.put("/api/lora/datasets/squares/card", json=CARD, headers=user("alice"))
+    job_id = client.post("/api/lora/jobs", json=plan_body(), headers=user("alice")).json["id"]
+    job_dir = st.config.jobs_dir / job_id
+    (job_dir / "samples").mkdir()
+    (job_dir / "samples" / "s.png").write_bytes(b"\x89PNG fake")
+    (st.config.jobs_dir / "secret.png").write_bytes(b"no")
+    (job_dir / "samples" / "link.png").symlink_to(st.config.jobs_dir / "secret.png")
+    ok = client.get(f"/api/lora/jobs/{job_id}/files/samples/s.png", headers=user("alice"))
+    assert ok.status_code == 200 and ok.data == b"\x89PNG fake"
+    for bad in ("../secret.png", "samples/../../secret.png", "samples/link.png", "plan.py", "%2e%2e/secret.png",
+                "samples/missing.png"):
+        assert client.get(f"/api/lora/jobs/{job_id}/files/{bad}", headers=user("alice")).status_code == 404, bad
+    assert client.get(f"/api/lora/jobs/{job_id}/files/samples/s.png", headers=user("bob")).status_code == 404
+    assert _error(client.get(f"/api/lora/jobs/{job_id}/evaluation", headers=user("alice")), 404)
+
+
+def test_events_replay_from_an_offset_and_end_at_a_final_state(with_dataset: Any) -> None:
+    client, st, _ = with_dataset
+    client.put("/api/lora/datasets/squares/card", json=CARD, headers=user("alice"))
+    job_id = client.post("/api/lora/jobs", json=plan_body(), headers=user("alice")).json["id"]
+    job = st.store.get(job_id)
+    from devserver_lora.train.events import ProgressEvent, SampleEvent, StateEvent
+
+    job.append_event(ProgressEvent(step=1, total_steps=4, loss=0.5, eta_s=3.0))
+    job.append_event(SampleEvent(path=str(job.dir / "samples" / "a.png"), step=1, index=0, prompt="mgsq"))
+    job.append_event(ProgressEvent(step=2, total_steps=4, loss=float("nan")))
+    job.append_event(StateEvent(state="failed", message="it broke"))
+    job.set_state("failed", message="it broke", diagnosis="nan_loss")
+    events = _sse(client.get(f"/api/lora/jobs/{job_id}/events", headers=user("alice")).data)
+    names = [e["event"] for e in events]
+    assert names == ["state", "progress", "sample", "progress", "state", "failed"], names
+    assert events[1]["data"] == {"step": 1, "total": 4, "loss": 0.5, "loss_is_nan": False, "eta_s": 3.0,
+                                 "epoch": None, "lr": None}
+    assert events[2]["data"]["url"].endswith(f"/api/lora/jobs/{job_id}/files/samples/a.png")
+    assert events[3]["data"]["loss"] is None and events[3]["data"]["loss_is_nan"] is True
+    assert events[5]["data"] == {"message": "it broke", "diagnosis": "nan_loss", "hint": None}
+    # Each id is the byte offset after its line: resuming from one gives exactly what followed it.
+    ids = [e["id"] for e in events]
+    assert ids == sorted(ids) and ids[-1] == (job.dir / "events.jsonl").stat().st_size
+    again = _sse(client.get(f"/api/lora/jobs/{job_id}/events", headers={**user("alice"),
+                                                                         "Last-Event-ID": str(ids[2])}).data)
+    assert [e["event"] for e in again] == ["progress", "state", "failed"]
+    assert _error(client.get(f"/api/lora/jobs/{job_id}/events", headers={**user("alice"), "Last-Event-ID": "x"}),
+                  400)
+    assert client.get(f"/api/lora/jobs/{job_id}/events", headers=user("bob")).status_code == 404
+
+
+def _sse(raw: bytes) -> list[dict[str, Any]]:
+    out = []
+    for block in raw.decode().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line and not line.startswith(":"))
+        if "event" in fields:
+            out.append({"event": fields["event"], "id": int(fields["id"]), "data": json.loads(fields["data"])})
+    return out
+
+
+def test_mounted_users_come_from_the_session(tmp_path: Path) -> None:
+    from flask import Flask
+
+    from devserver_lora.studio import mount
+
+    who: dict[str, str | None] = {"user": None}
+    app = Flask("devserver_standin")
+    mount(app, data_dir=tmp_path / "home", user=lambda: who["user"], teachers=["t"], queue_poll_s=0,
+          detect_gpu=False)
+    client = app.test_client()
+    assert client.get("/api/lora/me").json == {"user": None, "teacher": False, "mounted": True}
+    # The header names nobody when mounted: only the session does.
+    r = client.get("/api/lora/jobs", headers=user("alice"))
+    assert r.status_code == 403 and "logged in" in r.json["error"]["message"]
+    who["user"] = "t"
+    assert client.get("/api/lora/me").json == {"user": "t", "teacher": True, "mounted": True}
+    assert client.get("/api/lora/jobs").json == {"jobs": [], "queue": []}
+    assert client.get("/lora").status_code == 200 and b"<html" in client.get("/lora").data.lower()
+
+
+def test_user_names_never_become_paths(studio: Any) -> None:
+    client, st, tmp = studio
+    zipped = planted_zip(tmp / "src", bad=False)
+    r = upload(client, "../../root", "mine", [(zipped, "a.zip")])
+    assert r.status_code == 201 and r.json["owner"] == "../../root"
+    owners = [p.name for p in st.config.datasets_dir.iterdir()]
+    assert len(owners) == 1 and owners[0].startswith("u-")
+    assert client.get("/api/lora/me", headers=user("a\x01b")).json["user"] is None
