@@ -146,27 +146,83 @@ def test_cancel_keeps_checkpoints(kohya_env, monkeypatch):
 
 def test_resume_continues_counting_steps_without_overwriting(kohya_env, monkeypatch):
     monkeypatch.setenv("STANDIN_FAIL", "kill")
-    monkeypatch.setenv("STANDIN_FAIL_AT", "3")
-    job = kohya_env.job()
+    monkeypatch.setenv("STANDIN_FAIL_AT", "6")
+    job = kohya_env.job(max_train_steps=8)  # 2 epochs of 4 images, a step checkpoint every 2
     b = backend(kohya_env)
     with pytest.raises(BackendError) as exc:
         b.run(job)
     assert exc.value.diagnosis == "killed"
-    first = (job.outputs_dir / "tiny_sd3_lora-step00000002.safetensors").read_bytes()
+    first = (job.outputs_dir / "tiny_sd3_lora-step00000004.safetensors").read_bytes()
     monkeypatch.delenv("STANDIN_FAIL")
     final = b.run(job, resume=True)
     names = sorted(p.name for p in job.outputs_dir.glob("*.safetensors"))
-    # sd-scripts restarted its counter at 0: its step-2 and step-4 files became our steps 4 and 6
-    assert names == ["tiny_sd3_lora-step00000002.safetensors", "tiny_sd3_lora-step00000004.safetensors",
-                     "tiny_sd3_lora-step00000006.safetensors", "tiny_sd3_lora.safetensors"]
-    assert (job.outputs_dir / "tiny_sd3_lora-step00000002.safetensors").read_bytes() == first
+    # the resume starts at epoch 2 (step 4); sd-scripts restarted its counter at 0: its step-2 file is our step 6
+    assert names == ["tiny_sd3_lora-000001.safetensors", "tiny_sd3_lora-step00000002.safetensors",
+                     "tiny_sd3_lora-step00000004.safetensors", "tiny_sd3_lora-step00000006.safetensors",
+                     "tiny_sd3_lora-step00000008.safetensors", "tiny_sd3_lora.safetensors"]
+    assert (job.outputs_dir / "tiny_sd3_lora-step00000004.safetensors").read_bytes() == first
+    assert read_header(job.outputs_dir / "tiny_sd3_lora-step00000006.safetensors").metadata["ss_steps"] == "6"
     assert final.name == "tiny_sd3_lora.safetensors"
+    assert read_header(final).metadata["ss_steps"] == "8" and read_header(final).metadata["ss_epoch"] == "2"
     progress = [e["step"] for e in events(job, "progress")]
-    after = progress[progress.index(max(progress[:3])) + 1:]
-    assert max(progress) == 6 and all(s >= 2 for s in after)
-    assert events(job, "done")[0]["steps"] == 6
+    after = progress[progress.index(5) + 1:]
+    assert max(progress) == 8 and after[0] == 4 and after == sorted(after)  # the attempt starts at its state
+    assert events(job, "done")[0]["steps"] == 8
     attempts = json.loads((job.work_dir / "kohya" / "attempts.json").read_text())["attempts"]
-    assert [a["offset"] for a in attempts] == [0, 2] and attempts[1]["resume_from"].endswith("step00000002-state")
+    assert [a["offset"] for a in attempts] == [0, 4] and attempts[1]["resume_from"].endswith("tiny_sd3_lora-000001-state")
+    argv = json.loads((job.work_dir / "command.json").read_text())["argv"]
+    assert argv[argv.index("--initial_epoch") + 1] == "2"
+
+
+def _trained_steps(job) -> list[int]:
+    """Every step the trainer ran, absolute, in order (from the progress events of all attempts)."""
+    steps: list[int] = []
+    for e in events(job, "progress"):
+        if steps and e["step"] <= steps[-1]:
+            steps = [s for s in steps if s < e["step"]]  # a resume went back to its state: those steps run again
+        steps.append(e["step"])
+    return [s for s in steps if s > 0]  # a bar at 0 of an attempt is where it starts, not a step
+
+
+def test_any_number_of_resumes_ends_at_the_planned_step(kohya_env, monkeypatch):
+    """Issue 12 item 2: after a resume sd-scripts saves `current_step` counted from that attempt, so a second plain
+    `--resume` started from a wrong epoch and overran the plan (3,000 planned, 3,502 trained). `--initial_epoch`
+    makes every resume start at the state's epoch; labels stay absolute."""
+    job = kohya_env.job(max_train_steps=16, save_every_n_steps=None)  # 4 epochs of 4 steps
+    b = backend(kohya_env)
+    monkeypatch.setenv("STANDIN_FAIL", "kill")
+    # Killed at absolute steps 6, 10 and 14: the last epoch-end state each time is at step 4, 8 and 12.
+    for resume, fail_at in ((False, "6"), (True, "6"), (True, "6")):
+        monkeypatch.setenv("STANDIN_FAIL_AT", fail_at)
+        with pytest.raises(BackendError):
+            b.run(job, resume=resume)
+    monkeypatch.delenv("STANDIN_FAIL")
+    final = b.run(job, resume=True)
+    attempts = json.loads((job.work_dir / "kohya" / "attempts.json").read_text())["attempts"]
+    assert [a["offset"] for a in attempts] == [0, 4, 8, 12]
+    assert [a["initial_epoch"] for a in attempts] == [None, 2, 3, 4]
+    assert events(job, "done")[-1]["steps"] == 16 and max(e["step"] for e in events(job, "progress")) == 16
+    assert _trained_steps(job) == list(range(1, 17))  # every step once, the last one the plan's
+    names = sorted(p.name for p in job.outputs_dir.glob("*.safetensors"))
+    assert names == [f"tiny_sd3_lora-00000{i}.safetensors" for i in (1, 2, 3)] + ["tiny_sd3_lora.safetensors"]
+    for epoch in (1, 2, 3):
+        meta = read_header(job.outputs_dir / f"tiny_sd3_lora-00000{epoch}.safetensors").metadata
+        assert (meta["ss_epoch"], meta["ss_steps"]) == (str(epoch), str(4 * epoch))
+    assert (read_header(final).metadata["ss_epoch"], read_header(final).metadata["ss_steps"]) == ("4", "16")
+
+
+def test_resume_warns_when_the_plan_is_not_whole_epochs(kohya_env, monkeypatch):
+    job = kohya_env.job(max_train_steps=7, save_every_n_steps=None)  # 1 3/4 epochs of 4 steps
+    b = backend(kohya_env)
+    monkeypatch.setenv("STANDIN_FAIL", "kill")
+    monkeypatch.setenv("STANDIN_FAIL_AT", "6")
+    with pytest.raises(BackendError):
+        b.run(job)
+    monkeypatch.delenv("STANDIN_FAIL")
+    b.run(job, resume=True)
+    warning = [e["message"] for e in events(job, "log") if e.get("level") == "warning"]
+    assert any("not whole epochs of 4 steps" in m and "at step 8" in m for m in warning)
+    assert events(job, "done")[-1]["steps"] == 8  # what sd-scripts does, said before it happens
 
 
 def test_resume_without_state_is_refused(kohya_env):

@@ -1,33 +1,43 @@
 #!/usr/bin/env bash
-# Set up the Kohya trainer once on the GPU machine (needs internet access: GitHub, PyPI, download.pytorch.org,
-# and the Hugging Face hub for the tokenizers). Creates:
-#   DIR/sd-scripts/   kohya-ss/sd-scripts checked out at the pinned commit
-#   DIR/venv/         its own Python venv: torch for your CUDA + the pin's requirements
+# Set up the Kohya trainer once on the GPU machine. Creates:
+#   DIR/sd-scripts/   kohya-ss/sd-scripts at the pinned commit (a git checkout, or a copy of --source)
+#   DIR/venv/         its own Python venv: torch for your CUDA + the pinned checkout's OWN requirements.txt
 #   DIR/tokenizers/   CLIP-L, CLIP-G and T5 tokenizers saved for offline use (--tokenizer_cache_dir)
+#   DIR/sd-scripts.source.json  where sd-scripts came from (git URL + commit, or the --source tree + file check)
+# Needs GitHub (unless --source), PyPI, the torch index (download.pytorch.org unless --torch-index pypi) and the
+# Hugging Face hub for the tokenizers (unless --skip-tokenizers).
 # Then: export KOHYA_DIR=DIR and, in the devserver-lora clone, run `.venv/bin/python -m devserver_lora.train check`.
 #
 # Usage: trainer/setup.sh [--dir DIR] [--cuda cu128|cu126|cu124|cu121|cpu] [--python PY] [--commit SHA]
-#                         [--repo URL] [--torch VER --torchvision VER] [--tokenizers-only] [--skip-tokenizers]
-#                         [--dry-run] [--help]
+#                         [--repo URL | --source TREE] [--torch VER --torchvision VER] [--torch-index URL|pypi]
+#                         [--tokenizers-only] [--skip-tokenizers] [--dry-run] [--help]
 # --cuda defaults to cu128, the first CUDA whose torch builds carry kernels for RTX 50xx cards (sm_120).
+# --source TREE: copy sd-scripts from a local plain source tree (no .git needed; for machines without GitHub). The
+#   copy is checked file by file against trainer/sd-scripts.sha256 (the pinned commit's files) and refused if any
+#   listed file differs or is missing; with --commit other than the pin there is no list to check against.
+# --torch-index pypi: take torch/torchvision from pip's configured index (PyPI or a mirror) instead.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PINNED_COMMIT="48d368fa557731ad0488c07304dfeba8c07910eb"
+# sha256 of every file of sd-scripts at the pin (sha256sum format, paths relative to the tree's root).
+PINNED_FILES="$HERE/sd-scripts.sha256"
 
 DIR="${KOHYA_DIR:-$HOME/kohya}"
 CUDA="cu128"
 PYTHON="python3"
 COMMIT="$PINNED_COMMIT"
 REPO="https://github.com/kohya-ss/sd-scripts.git"
+SOURCE=""
 TORCH=""
 TORCHVISION=""
+TORCH_INDEX=""
 TOKENIZERS_ONLY=0
 SKIP_TOKENIZERS=0
 DRY_RUN=0
 
 usage() {
-    sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 die() {
@@ -49,8 +59,10 @@ while [ $# -gt 0 ]; do
         --python) need_value "$@"; PYTHON="$2"; shift 2 ;;
         --commit) need_value "$@"; COMMIT="$2"; shift 2 ;;
         --repo) need_value "$@"; REPO="$2"; shift 2 ;;
+        --source) need_value "$@"; SOURCE="$2"; shift 2 ;;
         --torch) need_value "$@"; TORCH="$2"; shift 2 ;;
         --torchvision) need_value "$@"; TORCHVISION="$2"; shift 2 ;;
+        --torch-index) need_value "$@"; TORCH_INDEX="$2"; shift 2 ;;
         --tokenizers-only) TOKENIZERS_ONLY=1; shift ;;
         --skip-tokenizers) SKIP_TOKENIZERS=1; shift ;;
         --dry-run) DRY_RUN=1; shift ;;
@@ -69,6 +81,12 @@ case "$CUDA" in
 esac
 TORCH="${TORCH:-$default_torch}"
 TORCHVISION="${TORCHVISION:-$default_vision}"
+case "$TORCH_INDEX" in
+    "") torch_index_args=(--index-url "https://download.pytorch.org/whl/$CUDA") ;;
+    pypi) torch_index_args=() ;;
+    https://*|http://*|file://*) torch_index_args=(--index-url "$TORCH_INDEX") ;;
+    *) die "--torch-index must be a URL or 'pypi'" usage ;;
+esac
 
 case "$COMMIT" in
     *[!0-9a-f]*|"") die "--commit must be a full 40-character hex commit id" ;;
@@ -76,6 +94,12 @@ esac
 [ "${#COMMIT}" -eq 40 ] || die "--commit must be a full 40-character hex commit id"
 if [ "$COMMIT" != "$PINNED_COMMIT" ]; then
     echo "note: sd-scripts $COMMIT is not the pin $PINNED_COMMIT; devserver-lora checked its flags against the pin" >&2
+fi
+if [ -n "$SOURCE" ]; then
+    if [ ! -f "$SOURCE/sd3_train_network.py" ] || [ ! -f "$SOURCE/requirements.txt" ]; then
+        die "--source $SOURCE is not an sd-scripts source tree (no sd3_train_network.py and requirements.txt)"
+    fi
+    SOURCE="$(cd "$SOURCE" && pwd)"
 fi
 
 # Every command goes through run(): printed (shell-quoted) in --dry-run, executed as an argument list otherwise.
@@ -89,9 +113,23 @@ run() {
     fi
 }
 
+# run_in DIR CMD...: CMD with DIR as its working directory (sd-scripts' requirements.txt ends with `-e .`).
+run_in() {
+    local where="$1"
+    shift
+    if [ "$DRY_RUN" -eq 1 ]; then
+        printf '+ cd %q &&' "$where"
+        printf ' %q' "$@"
+        printf '\n'
+    else
+        (cd "$where" && "$@")
+    fi
+}
+
 SCRIPTS="$DIR/sd-scripts"
 VENV="$DIR/venv"
 VPY="$VENV/bin/python"
+RECORD="$DIR/sd-scripts.source.json"
 
 save_tokenizers() {
     # Same folder names sd-scripts' strategies look for: the hub id with '/' replaced by '_'.
@@ -109,36 +147,65 @@ for hub_id, cls in (("openai/clip-vit-large-patch14", CLIPTokenizer),
 ' "$DIR/tokenizers"
 }
 
+# write_record KIND ORIGIN CHECKED: DIR/sd-scripts.source.json, what `check` reports about where sd-scripts came from.
+write_record() {
+    run "$PYTHON" -c '
+import json, os, sys, time
+record, kind, origin, commit, checked = sys.argv[1:6]
+doc = {"kind": kind, "origin": origin, "commit": commit, "checked": checked,
+       "installed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+tmp = record + ".partial"
+with open(tmp, "w", encoding="utf-8") as fh:
+    json.dump(doc, fh, indent=2)
+os.replace(tmp, record)
+' "$RECORD" "$1" "$2" "$COMMIT" "$3"
+}
+
 if [ "$TOKENIZERS_ONLY" -eq 1 ]; then
     save_tokenizers
     exit 0
 fi
 
 run mkdir -p "$DIR"
-if [ ! -d "$SCRIPTS/.git" ]; then
-    run git clone "$REPO" "$SCRIPTS"
-fi
-run git -C "$SCRIPTS" fetch --quiet origin
-run git -C "$SCRIPTS" checkout --quiet --detach "$COMMIT"
-if [ "$DRY_RUN" -eq 0 ]; then
-    head="$(git -C "$SCRIPTS" rev-parse HEAD)"
-    [ "$head" = "$COMMIT" ] || { echo "setup.sh: checkout is at $head, not $COMMIT" >&2; exit 1; }
+if [ -n "$SOURCE" ]; then
+    # A copy, never the tree itself: `pip install -e .` writes into the tree it installs.
+    checked="not checked: no file list for commit $COMMIT (trainer/sd-scripts.sha256 lists the pin's files)"
+    if [ "$COMMIT" = "$PINNED_COMMIT" ]; then
+        if ! run_in "$SOURCE" sha256sum --check --quiet --strict "$PINNED_FILES"; then
+            echo "setup.sh: $SOURCE differs from sd-scripts $PINNED_COMMIT (the files above); nothing was installed" >&2
+            exit 1
+        fi
+        checked="every file in trainer/sd-scripts.sha256 matches the pin $PINNED_COMMIT"
+    fi
+    if [ -e "$SCRIPTS" ]; then
+        if [ ! -f "$RECORD" ] || [ -d "$SCRIPTS/.git" ]; then
+            die "$SCRIPTS exists and is not a copy setup.sh made from --source; remove it or use another --dir"
+        fi
+        run rm -rf "$SCRIPTS"
+    fi
+    run cp -R "$SOURCE" "$SCRIPTS"
+    write_record source "$SOURCE" "$checked"
+else
+    if [ ! -d "$SCRIPTS/.git" ]; then
+        run git clone "$REPO" "$SCRIPTS"
+    fi
+    run git -C "$SCRIPTS" fetch --quiet origin
+    run git -C "$SCRIPTS" checkout --quiet --detach "$COMMIT"
+    if [ "$DRY_RUN" -eq 0 ]; then
+        head="$(git -C "$SCRIPTS" rev-parse HEAD)"
+        [ "$head" = "$COMMIT" ] || { echo "setup.sh: checkout is at $head, not $COMMIT" >&2; exit 1; }
+    fi
+    write_record git "$REPO" "git checkout at $COMMIT"
 fi
 
 if [ ! -x "$VPY" ]; then
     run "$PYTHON" -m venv "$VENV"
 fi
 run "$VPY" -m pip install --upgrade pip
-run "$VPY" -m pip install "torch==$TORCH" "torchvision==$TORCHVISION" \
-    --index-url "https://download.pytorch.org/whl/$CUDA"
-# The pin's requirements (trainer/requirements.txt), then the checkout itself (what `-e .` does in theirs).
-run "$VPY" -m pip install -r "$HERE/requirements.txt"
-run "$VPY" -m pip install --no-deps -e "$SCRIPTS"
-if [ "$CUDA" = "cu128" ]; then
-    # bitsandbytes 0.44 (the pin's) predates Blackwell; 8-bit optimizers on sm_120 need a newer build.
-    run "$VPY" -m pip install "bitsandbytes>=0.45.3"
-fi
-run "$VPY" -c 'import torch; print("torch", torch.__version__, "archs", torch.cuda.get_arch_list())'
+run "$VPY" -m pip install "torch==$TORCH" "torchvision==$TORCHVISION" "${torch_index_args[@]}"
+# The pinned checkout's own requirements.txt (it ends with `-e .`, which installs the checkout itself).
+run_in "$SCRIPTS" "$VPY" -m pip install -r requirements.txt
+run "$VPY" -c 'import torch, torchvision.transforms; print("torch", torch.__version__, "archs", torch.cuda.get_arch_list())'
 
 if [ "$SKIP_TOKENIZERS" -eq 0 ]; then
     save_tokenizers

@@ -27,7 +27,7 @@ const LANG_KEY = "loraStudioLang";
 const ACTIVE = ["queued", "running"];
 const S = {
   lang: "en", user: null, me: null, catalog: null, preset: null, dataset: null, parent: null,
-  command: "", jobs: [], queue: [], job: null, points: [], stream: null, planTimer: 0, pollTimer: 0,
+  command: "", plan: null, jobs: [], queue: [], job: null, points: [], stream: null, planTimer: 0, pollTimer: 0,
 };
 
 const $ = (id) => document.getElementById(id);
@@ -46,10 +46,26 @@ function el(tag, attrs, ...children) {
   return node;
 }
 
+/* A status line with raw text (a server's message) ... */
 function setStatus(id, text, bad) {
   const node = $(id);
+  delete node.dataset.sayKey;
   node.textContent = text || "";
   node.classList.toggle("error", Boolean(bad));
+}
+
+/* ... or with one of our strings, which a language switch translates again. */
+function say(id, key, values, bad) {
+  setStatus(id, t(key, values || undefined), bad);
+  const node = $(id);
+  node.dataset.sayKey = key;
+  node.dataset.sayValues = JSON.stringify(values || {});
+}
+
+function sayAgain() {
+  for (const node of document.querySelectorAll("[data-say-key]")) {
+    node.textContent = t(node.dataset.sayKey, JSON.parse(node.dataset.sayValues || "{}"));
+  }
 }
 
 /* ---- the server ---- */
@@ -115,7 +131,9 @@ function applyLang() {
   if (S.dataset) renderDataset(S.dataset);
   renderJobs();
   if (S.job) renderJob(S.job);
-  if (!S.command) setStatus("plan-status", t("plan_wait"));
+  if (!S.command) say("plan-status", "plan_wait", null);
+  if (S.plan) renderPlan(S.plan);
+  sayAgain();
 }
 
 /* ---- identity ---- */
@@ -160,6 +178,7 @@ function renderFamilies() {
 
 function renderGpus(gpus) {
   $("gpu").replaceChildren(...gpus.map((g) => el("option", { value: g.id, text: g.label + (g.vram_gb ? " (" + g.vram_gb + " GB)" : "") })));
+  if (gpus.some((g) => g.id === "detected")) $("gpu").value = "detected";  // this server's own card first
 }
 
 function renderPresets() {
@@ -274,12 +293,12 @@ async function upload(ev) {
   const form = new FormData();
   form.append("name", $("dataset-name").value.trim());
   for (const f of files) form.append("files", f, f.name);
-  setStatus("upload-status", t("uploading", { n: files.length }));
+  say("upload-status", "uploading", { n: files.length });
   $("upload-button").disabled = true;
   try {
     const view = await api("POST", "/datasets", form);
     showDataset(view);
-    setStatus("upload-status", t("uploaded", { n: view.images.length }));
+    say("upload-status", "uploaded", { n: view.images.length });
     await loadDatasets();
   } catch (e) { setStatus("upload-status", e.describe ? e.describe() : String(e), true); }
   finally { $("upload-button").disabled = false; }
@@ -288,7 +307,7 @@ async function upload(ev) {
 async function pickDataset() {
   const name = $("dataset-select").value;
   if (!name) return;
-  try { showDataset(await api("GET", "/datasets/" + encodeURIComponent(name))); setStatus("upload-status", t("dataset_loaded", { name, n: S.dataset.images.length })); }
+  try { showDataset(await api("GET", "/datasets/" + encodeURIComponent(name))); say("upload-status", "dataset_loaded", { name, n: S.dataset.images.length }); }
   catch (e) { setStatus("upload-status", e.describe(), true); }
 }
 
@@ -313,11 +332,12 @@ function renderDataset(view) {
   $("dataset-blocking").hidden = !view.blocking;
   $("dataset-blocking").textContent = t("dataset_blocking", { n: Math.max(errors, 1) });
   $("dataset-ok").hidden = view.blocking;
-  $("dataset-problems").replaceChildren(...view.problems.map(problemItem));
+  $("dataset-problems").replaceChildren(...view.problems.concat(view.card_problems || []).map(problemItem));
   $("dataset-images").replaceChildren(...view.images.map((im) => {
     const bad = im.problems.some((p) => p.severity === "error");
     return el("li", { class: bad ? "bad" : im.problems.length ? "warn" : "", "data-file": im.file },
-      el("img", { src: withUser(im.thumb_url), alt: im.caption || im.file, loading: "lazy", width: 128, height: 128 }),
+      im.thumb_url ? el("img", { src: withUser(im.thumb_url), alt: im.caption || im.file, loading: "lazy", width: 128, height: 128 })
+                   : el("div", { class: "nothumb", "aria-hidden": "true", text: "✕" }),
       el("span", { class: "file", text: im.file }),
       el("span", { class: "muted", text: (im.width && im.height ? im.width + "×" + im.height + " · " : "") + (im.caption || t("no_caption")) }),
       im.problems.length ? el("ul", { class: "problems" }, ...im.problems.map(problemItem)) : null);
@@ -337,11 +357,11 @@ function fillCard(card) {
 
 async function saveCard(ev) {
   ev.preventDefault();
-  if (!S.dataset) { setStatus("card-status", t("card_need_dataset"), true); return; }
+  if (!S.dataset) { say("card-status", "card_need_dataset", null, true); return; }
   const missing = CARD_FIELDS.filter((f) => !$("card-" + f).value.trim());
   for (const f of CARD_FIELDS) $("card-" + f).setAttribute("aria-invalid", missing.includes(f) ? "true" : "false");
   if (missing.length) {
-    setStatus("card-status", t("card_missing", { fields: missing.map((f) => t("card_" + f)).join(", ") }), true);
+    say("card-status", "card_missing", { fields: missing.map((f) => t("card_" + f)).join(", ") }, true);
     $("card-" + missing[0]).focus(); return;
   }
   const card = {};
@@ -351,7 +371,7 @@ async function saveCard(ev) {
   try {
     S.dataset = await api("PUT", "/datasets/" + encodeURIComponent(S.dataset.name) + "/card", card);
     renderDataset(S.dataset);
-    setStatus("card-status", t("card_saved"));
+    say("card-status", "card_saved", null);
     schedulePlan();
   } catch (e) { setStatus("card-status", e.describe(), true); }
 }
@@ -369,8 +389,8 @@ function schedulePlan() {
 }
 
 async function makePlan() {
-  if (!S.dataset || !S.preset || !$("output-name").value.trim()) { setStatus("plan-status", t("plan_wait")); return; }
-  setStatus("plan-status", t("plan_busy"));
+  if (!S.dataset || !S.preset || !$("output-name").value.trim()) { say("plan-status", "plan_wait", null); return; }
+  say("plan-status", "plan_busy", null);
   const body = planBody();
   try {
     const res = await api("POST", "/plans", body);
@@ -383,9 +403,10 @@ async function makePlan() {
 }
 
 function renderPlan(res) {
+  S.plan = res;
   const plan = res.plan || {}, hyper = plan.hyper || {}, mem = res.memory || plan.memory || {};
   const problems = res.problems || [];
-  setStatus("plan-status", problems.some((p) => p.severity === "error") ? t("plan_bad") : t("plan_ok"));
+  say("plan-status", problems.some((p) => p.severity === "error") ? "plan_bad" : "plan_ok");
   $("plan-problems").replaceChildren(...problems.map(problemItem));
   const facts = [["fact_images", plan.num_images], ["fact_steps", hyper.max_train_steps], ["fact_epochs", hyper.epochs],
                  ["fact_resolution", hyper.resolution ? hyper.resolution + " px" : null],
@@ -394,7 +415,8 @@ function renderPlan(res) {
                  ["fact_time", mem.estimated_wall_time_s !== undefined ? fmtEta(mem.estimated_wall_time_s) : null]];
   $("plan-facts").replaceChildren(...facts.filter((f) => f[1] !== null && f[1] !== undefined)
     .flatMap(([k, v]) => [el("dt", { text: t(k) }), el("dd", { text: String(v) })]));
-  const lines = [].concat(mem.explanation ? String(mem.explanation).split("\n") : [], plan.explanations || []);
+  // One line per decision (the plan's explanations); the memory's own summary when there are none.
+  const lines = (plan.explanations && plan.explanations.length) ? plan.explanations : String(mem.explanation || "").split("\n");
   $("plan-memory").replaceChildren(...lines.filter(Boolean).map((l) => el("li", { text: l })));
   S.command = res.command || "";
   $("command").textContent = S.command;
@@ -404,11 +426,11 @@ async function copyCommand() {
   const text = S.command;
   try {
     await navigator.clipboard.writeText(text);
-    setStatus("copy-status", t("copied"));
+    say("copy-status", "copied", null);
   } catch (e) {  // no clipboard API (plain http on another host): select the text for Ctrl+C
     const range = document.createRange(); range.selectNodeContents($("command"));
     const sel = window.getSelection(); sel.removeAllRanges(); sel.addRange(range);
-    setStatus("copy-status", document.execCommand && document.execCommand("copy") ? t("copied") : t("copy_failed"), false);
+    say("copy-status", document.execCommand && document.execCommand("copy") ? "copied" : "copy_failed");
   }
 }
 
@@ -419,7 +441,7 @@ async function createJob() {
   try {
     const job = await api("POST", "/jobs", body);
     S.parent = null;
-    setStatus("create-status", t("job_created", { id: job.id }));
+    say("create-status", "job_created", { id: job.id });
     await loadJobs();
     openJob(job.id);
   } catch (e) { setStatus("create-status", e.describe(), true); }

@@ -40,8 +40,9 @@ function renderJob(job) {
   $("job-resume").disabled = !["cancelled", "failed", "interrupted"].includes(job.state);
   $("job-install").disabled = job.state !== "done";
   $("job-delete").disabled = active;
-  $("job-diagnosis").hidden = !job.diagnosis;
-  $("job-diagnosis").textContent = job.diagnosis ? t("job_failed", { message: job.diagnosis }) : "";
+  const why = job.state === "failed" ? [job.diagnosis || job.message, job.hint ? "→ " + job.hint : ""].filter(Boolean).join("\n") : "";
+  $("job-diagnosis").hidden = !why;
+  $("job-diagnosis").textContent = why ? t("job_failed", { message: why }) : "";
   renderSamples(job.samples || []);
   const links = [];
   if (job.report_url) links.push(el("a", { href: withUser(job.report_url), id: "job-report", target: "_blank", rel: "noopener", text: t("report") }));
@@ -167,7 +168,7 @@ function pollWhileOpen(id) {
 
 async function jobAction(name, method, path, body) {
   const id = S.job.id;
-  setStatus("job-action-status", t("busy"));
+  say("job-action-status", "busy", null);
   try {
     const res = await api(method, "/jobs/" + encodeURIComponent(id) + path, body);
     setStatus("job-action-status", "");
@@ -191,13 +192,16 @@ async function installJob() {
   const res = await jobAction("install", "POST", "/install", {});
   if (!res) return;
   showInstall(res);
-  setStatus("job-action-status", t("install_done", { file: res.lora_file }));
+  say("job-action-status", "install_done", { file: loraFile(res) });
   refreshJob(S.job.id);
 }
 
+/* The install answer and the job's install record (install.json) name the LoRA file differently. */
+function loraFile(res) { return res.lora_file || res.lora_path || res.lora_name || ""; }
+
 function showInstall(res) {
   $("job-install-result").hidden = false;
-  const facts = [["install_lora", res.lora_file], ["install_config", res.config_path]];
+  const facts = [["install_lora", loraFile(res)], ["install_config", res.config_path]];
   $("install-facts").replaceChildren(...facts.filter((f) => f[1]).flatMap(([k, v]) => [el("dt", { text: t(k) }), el("dd", { text: v })]));
   $("install-config").textContent = res.config ? JSON.stringify(res.config, null, 2) : "";
 }
@@ -219,18 +223,18 @@ async function variantJob() {
     markChanged();
     $("dataset-select").value = job.dataset; await pickDataset();
     S.parent = job.id;
-    setStatus("create-status", t("variant_ready", { parent: job.id }));
+    say("create-status", "variant_ready", { parent: job.id });
     $("output-name").focus();
     return;
   }
   const made = await jobAction("variant", "POST", "/variant", { overrides: {} });
-  if (made) { setStatus("create-status", t("variant_made", { id: made.id, parent: job.id })); openJob(made.id); }
+  if (made) { say("create-status", "variant_made", { id: made.id, parent: job.id }); openJob(made.id); }
 }
 
 async function deleteJob() {
   const id = S.job.id;
   if (!window.confirm(t("delete_confirm", { id }))) return;
   const ok = await jobAction("delete", "DELETE", "");
-  if (ok !== null || !$("job-action-status").classList.contains("error")) { closeJob(); setStatus("create-status", t("deleted", { id })); }
+  if (ok !== null || !$("job-action-status").classList.contains("error")) { closeJob(); say("create-status", "deleted", { id }); }
 }
 

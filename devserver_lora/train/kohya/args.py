@@ -274,13 +274,15 @@ def build_command(
     logging_dir: Path,
     tokenizer_cache_dir: Path | None,
     resume_state: Path | None = None,
+    initial_epoch: int | None = None,
     num_processes: int = 1,
     write: bool = True,
     extra_config: dict[str, Any] | None = None,
 ) -> KohyaCommand:
     """Write dataset.toml and config.toml into `work_dir` and return the argv (a list, never a shell string).
 
-    `extra_config`: more `--config_file` keys (the job's sampling options), checked like the plan's own."""
+    `extra_config`: more `--config_file` keys (the job's sampling options), checked like the plan's own.
+    `initial_epoch` (with `resume_state`): the epoch sd-scripts starts at (see kohya/backend.py, resume continuity)."""
     from ...paths import atomic_write_text
 
     fam = get_family(plan.family)
@@ -295,6 +297,8 @@ def build_command(
     extra = fixed_args(plan, logging_dir)
     if resume_state is not None:
         extra += ["--resume", _path_arg(resume_state)]
+        if initial_epoch is not None:
+            extra += ["--initial_epoch", str(int(initial_epoch))]
     problems += check_config(plan.family, {f: True for f in argv_flags(extra)})
     if problems:
         raise PlanError("the generated Kohya files would be rejected: " + "; ".join(str(p) for p in problems),

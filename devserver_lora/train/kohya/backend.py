@@ -1,11 +1,24 @@
 """KohyaBackend: run sd-scripts in its own venv as a child process, turn its output into job events.
 
 Each run (and each resume) is an *attempt* writing into `work/kohya/run-N/`; finished
-checkpoints are hard-linked into the job's `outputs/` under Kohya's names, never
+checkpoints are published into the job's `outputs/` under Kohya's names, never
 replacing a file. Why not let sd-scripts write into `outputs/` directly: after
 `--resume` its step counter restarts at 0, so a step-named checkpoint of the second
 attempt would silently overwrite the first attempt's file of the same name. We add
 the attempt's step offset instead (see tests/fixtures/kohya/run_log_resume.txt).
+
+Resume continuity (sd-scripts 48d368fa, train_network.py): `--resume` alone takes the
+epoch to start from `current_step // steps_per_epoch` of the state's train_state.json,
+and `current_step` counts from 0 in every attempt, so the second resume started from a
+wrong epoch and overran the plan. `--initial_epoch E+1` makes sd-scripts ignore the
+state's step count and start at epoch E+1 (its own steps per epoch, so our count of them
+cannot be wrong). It starts whole epochs only (mid-epoch it would repeat the epoch's
+batches without `--skip_until_initial_step`, whose step count is off by the skipped
+epochs), so a resume goes back to the last epoch-end state. What sd-scripts still counts
+per attempt, we make absolute: the step in file names, progress and `ss_steps`
+(`ss_epoch` and epoch file names are absolute already). Since the step counter restarts,
+a resumed attempt ends when its epochs run out: at the planned step when the plan is
+whole epochs (what the plan makes of presets and --epochs; a warning otherwise).
 """
 
 from __future__ import annotations
@@ -23,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import BackendError, DatasetError, PlanError, Problem
-from ...lora.header import is_complete
+from ...lora.header import LoraFileError, is_complete, read_header, write_with_metadata
 from ...paths import atomic_write_json, check_simple_name, copy_no_overwrite, free_name
 from ..events import CheckpointEvent, DoneEvent, ErrorEvent, LogEvent, ProgressEvent
 from . import args as kargs
@@ -34,6 +47,8 @@ from . import venv as kvenv
 from .diagnose import Diagnosis, Watcher, diagnose
 
 _STEP_NAME = re.compile(r"^(?P<stem>.+)-step(?P<step>\d{8})\.safetensors$")
+# sd-scripts' EPOCH_STATE_NAME "{}-{:06d}-state": the only states a resume starts from (see the module doc).
+_EPOCH_STATE = re.compile(r"^(?P<stem>.+)-(?P<epoch>\d{6})-state$")
 _EPOCH_NAME = re.compile(r"^(?P<stem>.+)-(?P<epoch>\d{6})\.safetensors$")
 
 
@@ -109,23 +124,26 @@ class KohyaBackend:
         root = Path(job.work_dir) / "kohya"
         root.mkdir(parents=True, exist_ok=True)
         ledger = _read_ledger(root)
-        resume_state, offset = (None, 0)
+        resume_state, offset, epoch = (None, 0, 0)
         if resume:
-            resume_state, offset = _last_state(root, ledger, plan.output_name)
+            resume_state, offset, epoch = _last_state(root, ledger, plan.output_name)
             if resume_state is None:
                 raise BackendError(
                     f"job {job.id} has no saved training state to resume from",
-                    hint="it stopped before the first checkpoint; start it again with `run`",
+                    hint="it stopped before the end of its first epoch; start it again with `run`",
                     diagnosis="no_state",
                 )
+            _warn_partial_epoch(job, plan, offset)
         attempt = _Attempt(root, _next_run_index(root, ledger), offset)
         attempt.dir.mkdir()  # never exist_ok: sd-scripts would overwrite the saved states of an earlier attempt
         ledger["attempts"].append({"dir": attempt.dir.name, "offset": offset,
-                                   "resume_from": str(resume_state) if resume_state else None})
+                                   "resume_from": str(resume_state) if resume_state else None,
+                                   "initial_epoch": epoch + 1 if resume_state else None})
         atomic_write_json(root / "attempts.json", ledger)
-        install, cmd = self._command(job, attempt, resume_state, write=True)
+        install, cmd = self._command(job, attempt, resume_state, write=True, initial_epoch=epoch + 1)
         atomic_write_json(Path(job.work_dir) / "command.json", {"argv": cmd.argv, "cwd": str(cmd.cwd)})
-        what = f"resuming from {resume_state.name} at step {offset}" if resume_state else "starting"
+        what = (f"resuming from {resume_state.name} at step {offset}, epoch {epoch + 1}" if resume_state
+                else "starting")
         job.append_event(LogEvent(message=f"{what}: {' '.join(cmd.argv[:2])} (attempt {attempt.index})"))
         try:
             return self._supervise(job, plan, install, cmd, attempt, stop)
@@ -137,7 +155,8 @@ class KohyaBackend:
             return self.run(job, resume=_last_state(root, _read_ledger(root), plan.output_name)[0] is not None,
                             stop=stop)
 
-    def _command(self, job: Any, attempt: _Attempt, resume_state: Path | None, *, write: bool):
+    def _command(self, job: Any, attempt: _Attempt, resume_state: Path | None, *, write: bool,
+                 initial_epoch: int | None = None):
         plan = job.plan
         install = kvenv.find_kohya(self.kohya_dir)
         models = kmodels.find_model_files(plan.family, getattr(self.settings, "models_dir", None))
@@ -160,6 +179,7 @@ class KohyaBackend:
             logging_dir=Path(job.logs_dir) / "tensorboard",
             tokenizer_cache_dir=install.tokenizer_cache_dir,
             resume_state=resume_state,
+            initial_epoch=initial_epoch if resume_state is not None else None,
             num_processes=self.num_processes,
             write=write,
             extra_config=ksamples.sample_config(self._eval_settings(job), Path(job.work_dir), write=write),
@@ -386,11 +406,7 @@ class _RunState:
                     still.append(src)
                 continue
             name, step, epoch = _published_name(src.name, self.attempt.offset)
-            dest = free_name(self.outputs / name)
-            try:
-                os.link(src, dest)
-            except OSError:
-                dest = copy_no_overwrite(src, dest)
+            dest = _publish_checkpoint(src, self.outputs / name, self.attempt.offset)
             self.published[src.name] = dest
             self.job.append_event(CheckpointEvent(path=str(dest), step=step if step is not None else self.last_step,
                                                   epoch=epoch if epoch is not None else self.epoch))
@@ -404,6 +420,37 @@ class _SamplingCrashed(Exception):
         super().__init__(diagnosis.message)
         self.diagnosis = diagnosis
         self.at = f" at step {step}" if step is not None else ""
+
+
+def _publish_checkpoint(src: Path, dest: Path, offset: int) -> Path:
+    """Put a finished checkpoint into outputs/ without replacing any file; a resumed attempt's `ss_steps` (counted
+    from its own start) is made absolute in the published copy. Tensor bytes are copied unchanged, so sd-scripts'
+    `sshs_model_hash` (a hash of the tensor data only) stays valid."""
+    if offset:
+        try:
+            meta = dict(read_header(src).metadata)
+        except LoraFileError:
+            meta = {}
+        if meta.get("ss_steps", "").isdigit():
+            meta["ss_steps"] = str(int(meta["ss_steps"]) + offset)
+            return write_with_metadata(src, dest, meta)
+    dest = free_name(dest)
+    try:
+        os.link(src, dest)
+    except OSError:
+        dest = copy_no_overwrite(src, dest)
+    return dest
+
+
+def _warn_partial_epoch(job: Any, plan: Any, offset: int) -> None:
+    per_epoch = int(getattr(plan, "steps_per_epoch", 0) or 0)
+    total = int(plan.hyper.max_train_steps)
+    if per_epoch > 0 and total % per_epoch:
+        end = -(-total // per_epoch) * per_epoch
+        job.append_event(LogEvent(level="warning", message=(
+            f"the plan's {total} steps are not whole epochs of {per_epoch} steps: sd-scripts restarts its step count "
+            f"when it resumes (at step {offset}) and ends this run when its epochs run out, at step {end}; plan "
+            "whole epochs (--epochs) to end exactly")))
 
 
 def _published_name(name: str, offset: int) -> tuple[str, int | None, int | None]:
@@ -476,23 +523,27 @@ def _next_run_index(root: Path, ledger: dict) -> int:
     return max(taken, default=0) + 1
 
 
-def _last_state(root: Path, ledger: dict, output_name: str) -> tuple[Path | None, int]:
-    """The most advanced saved state over all attempts, and its absolute step (the next attempt's offset)."""
+def _last_state(root: Path, ledger: dict, output_name: str) -> tuple[Path | None, int, int]:
+    """The most advanced epoch-end state over all attempts: its folder, absolute step (the next attempt's offset)
+    and the epoch it completed. Step-named and end-of-training states are never resumed from (module doc)."""
     best: tuple[int, int, Path] | None = None
     for entry in ledger["attempts"]:
         adir = root / entry["dir"]
         offset = int(entry.get("offset", 0))
-        for state_dir in adir.glob(f"{output_name}*-state"):
+        for state_dir in adir.glob(f"{output_name}-*-state"):
+            m = _EPOCH_STATE.match(state_dir.name)
+            if m is None or m["stem"] != output_name:
+                continue
             ts = state_dir / "train_state.json"
             try:
                 data = json.loads(ts.read_text(encoding="utf-8"))
-                step = offset + int(data.get("current_step", 0))
-                epoch = int(data.get("current_epoch", 0))
-            except (OSError, ValueError, json.JSONDecodeError, AttributeError):
+                step = offset + int(data["current_step"])
+                epoch = int(data.get("current_epoch", m["epoch"]))
+            except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError, AttributeError):
                 continue
             key = (step, epoch, state_dir)
             if best is None or key[:2] > best[:2]:
                 best = key
     if best is None:
-        return None, 0
-    return best[2], best[0]
+        return None, 0, 0
+    return best[2], best[0], best[1]

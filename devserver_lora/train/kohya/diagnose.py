@@ -161,8 +161,8 @@ def diagnose(
         return Diagnosis(
             "missing_module",
             f"the Kohya venv lacks a package: {signs['missing_module'][:200]}",
-            "install the trainer requirements into the Kohya venv (trainer/setup.sh, or "
-            "`<venv>/bin/pip install -r trainer/requirements.txt`)",
+            "install sd-scripts' own requirements into the Kohya venv (trainer/setup.sh, or in KOHYA_DIR/sd-scripts: "
+            "`../venv/bin/pip install -r requirements.txt`)",
         )
     if "hub_access" in signs:
         return Diagnosis(

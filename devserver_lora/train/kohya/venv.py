@@ -151,6 +151,18 @@ def read_git_head(repo: Path) -> str | None:
     return None
 
 
+SOURCE_RECORD = "sd-scripts.source.json"
+
+
+def read_source_record(root: Path) -> dict[str, Any]:
+    """What trainer/setup.sh recorded about where sd-scripts came from ({} when there is no readable record)."""
+    try:
+        data = json.loads((root / SOURCE_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def probe_venv(python: Path, *, modules: list[str] | None = None, timeout: float = PROBE_TIMEOUT_S) -> dict[str, Any]:
     """Ask the venv's Python about torch, CUDA archs, GPUs and modules (`import:NAME` imports, `find:NAME` looks)."""
     argv = [str(python), "-c", _PROBE, *(modules or [])]
@@ -283,7 +295,14 @@ def check_environment(
             problems.append(Problem(f"{fam.kohya_script} is missing from {install.scripts_dir}", code="kohya_script",
                                     hint=f"sd-scripts is too old for {fam.label}; {SETUP_HINT}"))
         head = read_git_head(install.scripts_dir)
-        if head is None:
+        record = read_source_record(install.root)
+        if head is None and record.get("kind") == "source":
+            verified = record.get("commit") == PINNED_COMMIT and str(record.get("checked", "")).startswith("every file")
+            problems.append(Problem(f"sd-scripts copied from {record.get('origin')} by trainer/setup.sh --source: "
+                                    f"{record.get('checked')}", code="kohya_commit",
+                                    severity="info" if verified else "warning",
+                                    hint=None if verified else f"the generated flags are checked against {PINNED_COMMIT[:8]}"))
+        elif head is None:
             problems.append(Problem("cannot tell which sd-scripts commit is checked out (no .git)", code="kohya_commit",
                                     severity="warning", hint=f"the generated flags are checked against {PINNED_COMMIT[:8]}"))
         elif head != PINNED_COMMIT:

@@ -310,23 +310,42 @@ def main(script: str) -> int:
     total = per_epoch * epochs if args.max_train_epochs else args.max_train_steps
     out(f"  num epochs / epoch数: {epochs}")
     out(f"  total optimization steps / 学習ステップ数: {total}")
-    start_epoch = 0
+    # Where training starts, as train_network.py computes it at 48d368fa (lines 1231-1273 and 1340-1344).
+    steps_from_state = None
     if args.resume:
         state = json.loads((Path(args.resume) / "train_state.json").read_text())
         out(f"resume training from local state: {args.resume}")
         out(f"load train state from {args.resume}/train_state.json: {{'current_epoch': {state['current_epoch']}, "
             f"'current_step': {state['current_step']}}}")
-        start_epoch = state["current_epoch"]
+        steps_from_state = state["current_step"]
+    initial_step = 0
+    if args.initial_epoch is not None or args.initial_step is not None:
+        if steps_from_state is not None:
+            out("WARNING  steps from the state is ignored because initial_step is specified")
+        if args.initial_step is not None:
+            initial_step = args.initial_step
+        else:
+            initial_step = (args.initial_epoch - 1) * per_epoch
+    elif steps_from_state is not None:
+        initial_step = steps_from_state
+    if initial_step > 0 and not total > initial_step:
+        out("Traceback (most recent call last):")
+        out(f"AssertionError: max_train_steps should be greater than initial step: {total} vs {initial_step}")
+        return 1
+    start_epoch = initial_step // per_epoch
+    skip = 0
+    if initial_step > 0 and args.skip_until_initial_step:
+        skip = initial_step - start_epoch * per_epoch  # real: global_step = what is left after whole epochs
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     name = args.output_name
     out("", end="\n")
     out(bar(0, total, None, 0.0).replace("00:00<00:00, 0.00it/s", "00:00<?, ?it/s"), end="\r")
-    global_step = 0  # restarts after --resume, as recorded
+    global_step = base = skip  # restarts after --resume, as recorded; the bar counts this attempt's steps from 0
     loss = 2.3
     for epoch in range(start_epoch + 1, epochs + 1):
         out(f"\nepoch {epoch}/{epochs}\n")
-        for _ in range(per_epoch):
+        for _ in range(per_epoch - skip):
             if global_step >= total:
                 break
             time.sleep(STEP_S)
@@ -334,13 +353,14 @@ def main(script: str) -> int:
             if FAIL in ("oom", "kill", "hang") and global_step >= FAIL_AT:
                 return fail(FAIL)
             loss = float("nan") if FAIL == "nan" and global_step >= FAIL_AT else 2.3 + 0.05 * ((global_step * 7) % 5)
-            out(bar(global_step, total, loss, 1.0 / max(STEP_S, 1e-3)), end="\r")
+            out(bar(global_step - base, total - base, loss, 1.0 / max(STEP_S, 1e-3)), end="\r")
             if args.save_every_n_steps and global_step % args.save_every_n_steps == 0 and global_step < total:
                 path = out_dir / f"{name}-step{global_step:08d}.safetensors"
                 out(f"\nsaving checkpoint: {path}")
                 write_lora(path, args, attn2=attn2, epoch=epoch, step=global_step)
                 if args.save_state:
                     save_state(out_dir, f"{name}-step{global_step:08d}-state", epoch, global_step)
+        skip = 0
         if global_step >= total:
             break
         if args.save_every_n_epochs and epoch % args.save_every_n_epochs == 0 and epoch < epochs:
@@ -357,5 +377,5 @@ def main(script: str) -> int:
     out(f"\nsaving checkpoint: {path}")
     write_lora(path, args, attn2=attn2, epoch=epochs, step=global_step)
     out("model saved.")
-    out(bar(global_step, total, loss, 100.0))
+    out(bar(global_step - base, total - base, loss, 100.0))
     return 0
