@@ -97,7 +97,8 @@ def test_the_loss_chart_draws_what_it_is_given() -> None:
         driver.get("about:blank")
         source = (STATIC / "chart.js").read_text(encoding="utf-8")
         result = driver.execute_script(source + """
-            const svg = document.createElementNS(SVG_NS, "svg"); document.body.appendChild(svg);
+            const svg = document.createElementNS(SVG_NS, "svg"); svg.style.width = "600px";
+            document.body.appendChild(svg);
             const pts = [{step: 1, loss: 2.5}, {step: 2, loss: NaN}, {step: 3, loss: 1.0}, {step: 4, loss: 0.25}];
             const n = drawLossChart(svg, pts, 8);
             const path = svg.querySelector("path.chart-line");

@@ -513,6 +513,7 @@ async function start() {
   $("job-install").addEventListener("click", installJob);
   $("job-variant").addEventListener("click", variantJob);
   $("job-delete").addEventListener("click", deleteJob);
+  window.addEventListener("resize", () => { if (S.job && !$("job-view").hidden) drawChart(); });
   applyLang();
   try {
     await loadMe();

@@ -1,6 +1,6 @@
 /* LoRA Studio: the live loss chart, drawn as inline SVG from the progress events (no library).
    drawLossChart(svg, points, total) redraws the whole chart: points = [{step, loss}], total = planned steps
-   (the x axis runs to it, so the line visibly grows towards the right edge while training). */
+   (the x axis runs to it, so the line visibly grows towards the right edge while training); redraw on resize. */
 "use strict";
 
 const SVG_NS = "http://www.w3.org/2000/svg";
@@ -18,7 +18,10 @@ function formatLoss(loss) {
 }
 
 function drawLossChart(svg, points, total) {
-  const W = 600, H = 240, left = 56, right = 12, top = 12, bottom = 30;
+  // The drawing is as wide as the element, so labels keep their size on a phone and on a wide screen.
+  const W = Math.max(240, Math.round(svg.getBoundingClientRect().width) || 600), H = 240;
+  const left = 56, right = 12, top = 12, bottom = 30;
+  svg.setAttribute("viewBox", "0 0 " + W + " " + H);
   while (svg.firstChild) svg.removeChild(svg.firstChild);
   const finite = points.filter((p) => Number.isFinite(p.loss) && Number.isFinite(p.step));
   svg.appendChild(svgEl("rect", { x: left, y: top, width: W - left - right, height: H - top - bottom,
