@@ -180,10 +180,10 @@ def test_a_whole_job_from_the_page(tmp_path: Path) -> None:
         bad = css(driver, "#dataset-images > li.bad")
         assert [li.get_attribute("data-file") for li in bad] == [BAD_IMAGE], [li.text for li in bad]
         assert "Error" in bad[0].text
-        good = driver.execute_script(
-            "return [...document.querySelectorAll('#dataset-images > li:not(.bad) img')]"
-            ".map(i => i.complete && i.naturalWidth > 0)")
-        assert good == [True] * 4
+        loaded = ("return [...document.querySelectorAll(arguments[0])]"
+                  ".filter(i => i.complete && i.naturalWidth > 0).length")
+        wait_until(driver, lambda d: d.execute_script(loaded, "#dataset-images > li:not(.bad) img") == 4, 30,
+                   "the four thumbnails")
         shot(driver, shots, "01-dataset-checked")
         _fill_card(driver)
         # The plan and its command; the copy button copies exactly what the API says the terminal runs.
@@ -231,9 +231,9 @@ def test_a_whole_job_from_the_page(tmp_path: Path) -> None:
         assert max(s[2] for s in seen if s[0] < 12) < 12  # the chart grew while training, not only at the end
         assert "Step 12 of 12" in text_of(driver, "job-progress-text") or "12 of 12" in text_of(
             driver, "job-progress-text")
-        samples = driver.execute_script(
-            "return [...document.querySelectorAll('#job-samples img')].map(i => i.complete && i.naturalWidth > 0)")
-        assert samples and all(samples), samples
+        samples = len(css(driver, "#job-samples img"))
+        assert samples > 0, "no sample images on the job page"
+        wait_until(driver, lambda d: d.execute_script(loaded, "#job-samples img") == samples, 30, "the samples")
         shot(driver, shots, "05-job-done")
         # Install: the LoRA lands in the loras folder with an output config, which the page shows.
         by_id(driver, "job-install").click()
@@ -247,9 +247,17 @@ def test_a_whole_job_from_the_page(tmp_path: Path) -> None:
         assert (server.loras / lora).is_file()
         shot(driver, shots, "06-installed")
         report = css(driver, "#job-report")
-        if report:
+        if report:  # the report opens in the same browser (the sign-in cookie), its own images included
             href = report[0].get_attribute("href")
-            assert httpx.get(href, timeout=30).status_code == 200
+            driver.get(href)
+            wait_until(driver, lambda d: d.execute_script("return document.readyState") == "complete", 30, "report")
+            images = driver.execute_script("return [...document.images].map(i => i.complete && i.naturalWidth > 0)")
+            assert "alice_squares" in driver.page_source and images and all(images), (href, images)
+            shot(driver, shots, "06b-report")
+            driver.back()
+            wait_until(driver, lambda d: css(d, "#jobs-body tr") or _visible(d, "studio-view"), 30, "the page")
+            css(driver, f'#jobs-body tr[data-job="{job_id}"] button.open-job')[0].click()
+            wait_until(driver, lambda d: _visible(d, "job-view"), 30, "the job page again")
         by_id(driver, "job-back").click()
         row = wait_until(driver, lambda d: css(d, f'#jobs-body tr[data-job="{job_id}"]'), 30, "the job's row")[0]
         assert row.get_attribute("data-state") == "done" and "alice" in row.text

@@ -104,10 +104,29 @@ async function api(method, path, body) {
   return data;
 }
 
-/* Images and links cannot send a header: standalone they carry the user in the query. */
-function withUser(url) {
-  if (!url || !S.user || (S.me && S.me.mounted)) return url;
-  return url + (url.includes("?") ? "&" : "?") + "user=" + encodeURIComponent(S.user);
+/* Images and links cannot send a header. Standalone, images are fetched with the header and shown from a blob
+   (cached per URL); links (the report, which loads its own images) rely on the cookie set at sign-in, which the
+   server reads like the header. Mounted in DevServer the session covers both. */
+const IMAGE_CACHE = new Map();
+
+function apiImage(url, attrs) {
+  const img = el("img", attrs);
+  if (!url) return img;
+  if (!S.user || (S.me && S.me.mounted)) { img.src = url; return img; }
+  if (!IMAGE_CACHE.has(url)) {
+    IMAGE_CACHE.set(url, fetch(url, { headers: headers({ Accept: "image/*" }) })
+      .then((res) => (res.ok ? res.blob() : Promise.reject(new Error("HTTP " + res.status))))
+      .then((blob) => URL.createObjectURL(blob))
+      .catch((e) => { IMAGE_CACHE.delete(url); throw e; }));
+  }
+  IMAGE_CACHE.get(url).then((src) => { img.src = src; }, () => { img.classList.add("broken"); });
+  return img;
+}
+
+function setUserCookie() {
+  if (S.user && !(S.me && S.me.mounted)) {
+    document.cookie = "lora_studio_user=" + encodeURIComponent(S.user) + "; path=/; SameSite=Strict";
+  }
 }
 
 function label(obj) { return (obj && (obj["label_" + S.lang] || obj.label_en || obj.id)) || ""; }
@@ -157,7 +176,7 @@ async function saveUser(ev) {
   if (!/^[A-Za-z0-9 ._@-]{1,64}$/.test(name)) {
     $("user-error").textContent = t("user_bad"); $("user-error").hidden = false; $("user-name").focus(); return;
   }
-  S.user = name; localStorage.setItem(USER_KEY, name);
+  S.user = name; localStorage.setItem(USER_KEY, name); setUserCookie();
   $("user-dialog").close();
   await loadMe(); await loadDatasets(); await loadJobs();
   $("output-name").focus();
@@ -166,6 +185,7 @@ async function saveUser(ev) {
 async function loadMe() {
   S.me = await api("GET", "/me");
   if (S.me.mounted && S.me.user) S.user = S.me.user;
+  setUserCookie();
   renderUser();
 }
 
@@ -336,7 +356,7 @@ function renderDataset(view) {
   $("dataset-images").replaceChildren(...view.images.map((im) => {
     const bad = im.problems.some((p) => p.severity === "error");
     return el("li", { class: bad ? "bad" : im.problems.length ? "warn" : "", "data-file": im.file },
-      im.thumb_url ? el("img", { src: withUser(im.thumb_url), alt: im.caption || im.file, loading: "lazy", width: 128, height: 128 })
+      im.thumb_url ? apiImage(im.thumb_url, { alt: im.caption || im.file, width: 128, height: 128 })
                    : el("div", { class: "nothumb", "aria-hidden": "true", text: "✕" }),
       el("span", { class: "file", text: im.file }),
       el("span", { class: "muted", text: (im.width && im.height ? im.width + "×" + im.height + " · " : "") + (im.caption || t("no_caption")) }),
@@ -464,6 +484,17 @@ function progressOf(job) {
 }
 
 function renderJobs() {
+  // The table is redrawn every few seconds: whoever had the focus on a row's button keeps it.
+  const focused = document.activeElement && document.activeElement.closest && document.activeElement.closest("#jobs-body tr");
+  const focusedJob = focused ? focused.dataset.job : null;
+  drawJobRows();
+  if (focusedJob) {
+    const again = document.querySelector('#jobs-body tr[data-job="' + CSS.escape(focusedJob) + '"] button.open-job');
+    if (again) again.focus();
+  }
+}
+
+function drawJobRows() {
   $("jobs-empty").hidden = S.jobs.length > 0;
   $("jobs-body").replaceChildren(...S.jobs.map((job) => {
     const p = progressOf(job);

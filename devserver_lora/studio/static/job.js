@@ -45,8 +45,8 @@ function renderJob(job) {
   $("job-diagnosis").textContent = why ? t("job_failed", { message: why }) : "";
   renderSamples(job.samples || []);
   const links = [];
-  if (job.report_url) links.push(el("a", { href: withUser(job.report_url), id: "job-report", target: "_blank", rel: "noopener", text: t("report") }));
-  if (job.loss_plot_url) links.push(el("a", { href: withUser(job.loss_plot_url), target: "_blank", rel: "noopener", text: t("loss_plot") }));
+  if (job.report_url) links.push(el("a", { href: job.report_url, id: "job-report", target: "_blank", rel: "noopener", text: t("report") }));
+  if (job.loss_plot_url) links.push(el("a", { href: job.loss_plot_url, target: "_blank", rel: "noopener", text: t("loss_plot") }));
   $("job-links").replaceChildren(...links);
   $("job-command").textContent = job.command || "";
   drawChart();
@@ -71,7 +71,7 @@ function showProgress(step, total, loss, eta, job) {
 function renderSamples(samples) {
   $("samples-empty").hidden = samples.length > 0;
   $("job-samples").replaceChildren(...samples.map((s) => el("li", {},
-    el("img", { src: withUser(s.url), alt: t("sample_alt", { step: s.step, prompt: s.prompt || "" }), loading: "lazy" }),
+    apiImage(s.url, { alt: t("sample_alt", { step: s.step, prompt: s.prompt || "" }) }),
     el("span", { class: "muted", text: "#" + s.step + " · " + (s.prompt || "") }))));
 }
 
