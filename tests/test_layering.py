@@ -33,7 +33,7 @@ TRAIN_LAYERS: list[set[str]] = [
     # What a running job writes about itself: eval settings, samples, the loss plot, the report (backends use them).
     {"train.evaluate.settings", "train.evaluate.pngtext", "train.evaluate.samples", "train.evaluate.lossplot",
      "train.evaluate.results", "train.evaluate.sheets", "train.evaluate.metrics", "train.evaluate.report_html",
-     "train.evaluate.report", "train.evaluate.live"},
+     "train.evaluate.report", "train.evaluate.live", "train.evaluate.listing"},
     {"train.kohya", "train.native", "train.backends", "train.runner"},
     {"train.install"},
     {"train.progress_view"},
