@@ -230,7 +230,8 @@ class KohyaBackend:
         state = _RunState(job, plan, attempt, outputs, self.progress_interval_s)
         state.samples = ksamples.SampleWatcher(job, self._eval_settings(job), attempt.dir, offset=attempt.offset,
                                                output_name=plan.output_name)
-        stopper = threading.Thread(target=self._stop_when, args=(stop, proc, state), daemon=True)
+        finished = threading.Event()
+        stopper = threading.Thread(target=self._stop_when, args=(stop, finished, proc, state), daemon=True)
         stopper.start()
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         splitter = kprog.LineSplitter()
@@ -265,7 +266,7 @@ class KohyaBackend:
         returncode = proc.wait()
         state.done = True
         stop_requested = stop.is_set() and state.stop_reason != "nan"
-        stop.set()  # release the stopper thread
+        finished.set()  # release the stopper; never `stop`: it is the caller's, and a retry without samples reuses it
         stopper.join(timeout=5)
         state.flush_progress()
         state.publish_ready(final=True)
@@ -291,8 +292,11 @@ class KohyaBackend:
         job.append_event(ErrorEvent(diagnosis=diag.code, message=diag.message, hint=diag.hint))
         raise BackendError(diag.message, hint=diag.hint, diagnosis=diag.code)
 
-    def _stop_when(self, stop: threading.Event, proc: subprocess.Popen, state: _RunState) -> None:
-        stop.wait()
+    def _stop_when(self, stop: threading.Event, finished: threading.Event, proc: subprocess.Popen,
+                   state: _RunState) -> None:
+        while not stop.wait(0.2):
+            if finished.is_set():
+                return
         if state.done or proc.poll() is not None:
             return
         state.stopping = True

@@ -7,7 +7,7 @@ and `--sample_at_first`. `--sample_sampler` is not passed: the SD3 sampler ignor
 
 What sd-scripts writes: `<output_dir>/sample/<output_name>_<num>_<index:02d>_<YYYYmmddHHMMSS>_<seed>.png`, where
 <num> is the global step (`%06d`) for step samples and `e%06d` for the epoch call (the one before training is
-`e000000`). It logs "generating sample images at step ..." first. `SampleWatcher` publishes each finished file as a
+`e000000`). It logs "generating sample images at step ..." first (a rich record: wrapped, the step on a later line). `SampleWatcher` publishes each finished file as a
 job sample (step made absolute with the attempt's offset) and remembers whether sd-scripts died while sampling,
 so the backend can go on without samples instead of failing the run.
 """
@@ -21,6 +21,7 @@ from typing import Any
 from ...paths import atomic_write_json
 from ..evaluate.samples import publish_sample, sample_failed
 from ..evaluate.settings import EvalSettings
+from .progress import StepLine, parse_line
 
 PROMPTS_FILE = "sample_prompts.json"
 SAMPLE_DIR = "sample"
@@ -72,8 +73,12 @@ class SampleWatcher:
         self.dir = Path(attempt_dir) / SAMPLE_DIR
         self.offset, self.output_name = offset, output_name
         self.published: set[str] = set()
-        self.sampling = False  # sd-scripts announced samples and has not trained a step since
+        # sd-scripts announced samples and has neither saved all of them nor trained a step since: a crash now is
+        # the sampler's. (A crash in the step after a finished round is training's: OOM, a kill.)
+        self.sampling = False
         self.sampling_step: int | None = None
+        self.trained_step = 0  # the attempt's last step shown by sd-scripts' bar
+        self._files: dict[int, set[int]] = {}  # attempt step -> prompt indices whose sample file is on disk
 
     @property
     def on(self) -> bool:
@@ -84,11 +89,16 @@ class SampleWatcher:
         if not self.on:
             return
         if _STARTED in line:
+            # sd-scripts samples right after the step its bar just showed (or before the first one). The step in
+            # the record itself is no use: rich wraps it onto a later line and puts `sd3_train_utils.py:400` here.
             self.sampling = True
-            digits = re.findall(r"\d+", line.split(":")[-1])
-            self.sampling_step = self.offset + int(digits[-1]) if digits else None
+            self.sampling_step = self.offset + self.trained_step
+            self._note_round_done()  # files can be seen before this line is read
         elif trained:
             self.sampling = False
+            item = parse_line(line)
+            if isinstance(item, StepLine):
+                self.trained_step = item.step
 
     def poll(self, *, final: bool = False) -> None:
         if not self.on or not self.dir.is_dir():
@@ -104,6 +114,7 @@ class SampleWatcher:
                 self.published.add(path.name)
                 continue
             step, index, seed = parsed
+            self._saw(step, index)
             try:
                 with Image.open(path) as img:
                     img.load()  # sd-scripts writes in place: a half-written file fails here, and we try again
@@ -119,3 +130,14 @@ class SampleWatcher:
                 publish_sample(self.job, image, step=self.offset + step, index=index, prompt=prompt, seed=seed)
             except OSError as exc:
                 sample_failed(self.job, step=self.offset + step, index=index, error=exc)
+
+    def _saw(self, step: int, index: int) -> None:
+        self._files.setdefault(step, set()).add(index)
+        self._note_round_done()
+
+    def _note_round_done(self) -> None:
+        """Once every prompt of the round being sampled has its file, the sampler is done."""
+        if self.sampling and self.settings is not None and self.sampling_step is not None:
+            done = self._files.get(self.sampling_step - self.offset, set())
+            if len(done) >= len(self.settings.prompts):
+                self.sampling = False

@@ -13,7 +13,12 @@
   text-encoder keys when not `network_train_unet_only`; `--save_state` folders with train_state.json;
   after `--resume` the step counter restarts at 0 while epochs continue (as recorded).
 - STANDIN_SCHEMA_DROP = keys the dataset schema lacks (an older sd-scripts); STANDIN_FLAGS_DROP = flags argparse lacks.
-- STANDIN_FAIL = oom | arch | nan | model | kill | hang | bnb_missing, at step STANDIN_FAIL_AT (default 1).
+- samples as `library/sd3_train_utils.sample_images` makes them: `--sample_prompts` (.json list, `enum` = place),
+  `--sample_at_first` (epoch 0, step 0), `--sample_every_n_steps` (after the step's bar, before its checkpoint),
+  `--sample_every_n_epochs`; the rich-wrapped "generating sample images at step" record first, then
+  `<output_dir>/sample/<output_name>_<%06d step | e%06d epoch>_<enum:02d>_<YYYYmmddHHMMSS>_<seed>.png`.
+- STANDIN_FAIL = oom | arch | nan | model | kill | hang | bnb_missing | sample, at step STANDIN_FAIL_AT (default
+  1; `sample` dies inside the sampler at that sampling step, 0 = the one before training, with a traceback).
 Environment: STANDIN_FIXTURES = path of tests/fixtures/kohya (required).
 """
 
@@ -236,6 +241,50 @@ def fail(kind: str) -> int:
     return 1
 
 
+def sample_images(args: argparse.Namespace, epoch: int | None, steps: int) -> None:
+    """The decision and the files of sd3_train_utils.sample_images / sample_image_inference (the pinned source)."""
+    if steps == 0:
+        if not args.sample_at_first:
+            return
+    else:
+        if args.sample_every_n_steps is None and args.sample_every_n_epochs is None:
+            return
+        if args.sample_every_n_epochs is not None:
+            if epoch is None or epoch % args.sample_every_n_epochs != 0:
+                return
+        elif steps % args.sample_every_n_steps != 0 or epoch is not None:
+            return
+    # rich's console record, wrapped at 80 columns with the source location at the right, as sd-scripts logs it
+    out("                    INFO                                  sd3_train_utils.py:399")
+    out("                    INFO     generating sample images at  sd3_train_utils.py:400")
+    out("                             step / サンプル画像生成                            ")
+    out(f"                             ステップ: {steps}".ljust(80))
+    if FAIL == "sample" and steps == FAIL_AT:
+        out("Traceback (most recent call last):")
+        out('  File "/srv/sdscripts/library/sd3_train_utils.py", line 548, in sample_image_inference')
+        out("RuntimeError: shape '[1, 16, 7, 7]' is invalid for input of size 1024")
+        sys.exit(1)
+    from PIL import Image
+
+    with open(args.sample_prompts, encoding="utf-8") as fh:
+        prompts = json.load(fh)  # train_util.load_prompts reads a .json file as a list of dicts
+    save_dir = Path(args.output_dir) / "sample"
+    save_dir.mkdir(parents=True, exist_ok=True)
+    for i, prompt in enumerate(prompts):
+        seed = prompt.get("seed")
+        width = max(64, prompt.get("width", 512) - prompt.get("width", 512) % 8)
+        height = max(64, prompt.get("height", 512) - prompt.get("height", 512) % 8)
+        out(f"                    INFO     prompt: {prompt.get('prompt', '')}")
+        rnd = random.Random(seed if seed is not None else time.time())
+        colour = tuple(rnd.randrange(256) for _ in range(3))
+        image = Image.new("RGB", (width, height), tuple((c + 9 * steps) % 256 for c in colour))
+        num_suffix = f"e{epoch:06d}" if epoch is not None else f"{steps:06d}"
+        seed_suffix = "" if seed is None else f"_{seed}"
+        ts_str = time.strftime("%Y%m%d%H%M%S", time.localtime())
+        name = f"{'' if args.output_name is None else args.output_name + '_'}{num_suffix}_{i:02d}_{ts_str}{seed_suffix}.png"
+        image.save(save_dir / name)
+
+
 def replay(path: str) -> int:
     chunk_s = float(os.environ.get("STANDIN_CHUNK_S", "0"))
     data = Path(path).read_bytes()
@@ -340,6 +389,7 @@ def main(script: str) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     name = args.output_name
     out("", end="\n")
+    sample_images(args, 0, 0)  # --sample_at_first
     out(bar(0, total, None, 0.0).replace("00:00<00:00, 0.00it/s", "00:00<?, ?it/s"), end="\r")
     global_step = base = skip  # restarts after --resume, as recorded; the bar counts this attempt's steps from 0
     loss = 2.3
@@ -354,6 +404,7 @@ def main(script: str) -> int:
                 return fail(FAIL)
             loss = float("nan") if FAIL == "nan" and global_step >= FAIL_AT else 2.3 + 0.05 * ((global_step * 7) % 5)
             out(bar(global_step - base, total - base, loss, 1.0 / max(STEP_S, 1e-3)), end="\r")
+            sample_images(args, None, global_step)
             if args.save_every_n_steps and global_step % args.save_every_n_steps == 0 and global_step < total:
                 path = out_dir / f"{name}-step{global_step:08d}.safetensors"
                 out(f"\nsaving checkpoint: {path}")
@@ -370,6 +421,7 @@ def main(script: str) -> int:
             if args.save_state:
                 out(f"saving state at epoch {epoch}")
                 save_state(out_dir, f"{name}-{epoch:06d}-state", epoch, global_step)
+        sample_images(args, epoch, global_step)
     if args.save_state:
         out("saving last state.")
         save_state(out_dir, f"{name}-state", epochs, global_step)
