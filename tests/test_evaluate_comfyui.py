@@ -18,6 +18,7 @@ import pytest
 from comfyui_harness import ComfyServer
 from conftest import COMFY_FIXTURES
 from PIL import Image
+from test_eval_parts import tiny_clip_folder
 
 from devserver_lora.train import runner
 from devserver_lora.train.card import load_card
@@ -66,7 +67,8 @@ def jobs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     b = _job(store, dataset, "lora_b")
     shutil.copyfile(COMFY_FIXTURES / "loras" / "tiny_sd3_kohya.safetensors", b.outputs_dir / "lora_b.safetensors")
     b.set_state("done", lora_path=str(b.outputs_dir / "lora_b.safetensors"), base_arch=TINY_ARCH)
-    return {"root": root, "store": store, "a": a, "b": b}
+    clip = tiny_clip_folder(root / "tiny_clip")  # a random CLIP built here: CLIP scores without any download
+    return {"root": root, "store": store, "a": a, "b": b, "clip": clip}
 
 
 def _cell(sheet_png: Path, layout: dict, row: int, col: int) -> np.ndarray:
@@ -86,7 +88,7 @@ def test_evaluate_writes_every_sheet_through_real_comfyui(comfyui_server: ComfyS
     mark = comfyui_server.log_mark()
     argv = ["evaluate", a.id, "--comfyui", comfyui_server.url, "--loras-dir", str(comfyui_server.loras_dir),
             "--against", b.id, "--base-model", comfyui_server.checkpoint_name, "--clip-from-checkpoint",
-            "--jobs-dir", str(jobs["root"] / "jobs")]
+            "--clip-model", str(jobs["clip"]), "--jobs-dir", str(jobs["root"] / "jobs")]
     assert train_main(argv) == 0
     log = comfyui_server.console_log(since=mark)
     assert "lora key not loaded" not in log and "NOT LOADED" not in log
@@ -142,6 +144,12 @@ def test_evaluate_writes_every_sheet_through_real_comfyui(comfyui_server: ComfyS
     assert change[-1] > change[1]
     for kind in ("before_after", "checkpoints", "bias", "ab"):
         assert all(c.mean_abs_change and c.mean_abs_change > 0 for c in sheets[kind].columns if c.kind == "lora"), kind
+    # A CLIP score beside every rendered column (the tiny CLIP's numbers mean nothing, but they are computed).
+    assert result.clip_model == str(jobs["clip"])
+    for kind, sheet in sheets.items():
+        for col in sheet.columns:
+            assert (col.clip_score is None) == (col.kind == "difference"), (kind, col.label)
+            assert col.clip_score is None or 0.0 <= col.clip_score <= 100.0
     # Every render alone, with its facts in PNG text.
     image = next(i for i in result.images if i.lora and i.strength_model == 0.75 and i.strength_clip == 0.75)
     fields = read_fields(a.dir / image.file)
@@ -174,12 +182,24 @@ def test_report_opens_in_headless_chromium_without_a_broken_image_or_a_request_o
     from report_browser import open_report
 
     a = jobs["a"]
+    # Pick a checkpoint from the checkpoint sheet and install it, as its note says: the report then shows it.
+    sheet = next(s for s in EvaluationResult.model_validate_json((a.dir / "evaluation" / "results.json").read_text()
+                                                                 ).sheets if s.kind == "checkpoints")
+    pick = Path(sheet.columns[1].source or "").name
+    assert pick == "lora_a-step00000002.safetensors" and "--checkpoint FILE" in sheet.note
+    installed = jobs["root"] / "installed_loras"
+    installed.mkdir()
+    assert train_main(["install", a.id, "--checkpoint", pick, "--loras-dir", str(installed),
+                       "--jobs-dir", str(jobs["root"] / "jobs")]) == 0
+    assert (installed / pick).is_file()
     report = a.dir / "report.html"
     facts = json.loads((a.dir / "report.json").read_text())
     assert facts["evaluation"]["against"] == jobs["b"].id and facts["job"]["state"] == "done"
+    assert facts["install"]["source"] == str(a.outputs_dir / pick) and facts["written_by"] == "install"
     page = open_report(report, tmp_path / "report.png")
     assert page.images >= 6 + 1  # every sheet and the loss plot
     assert page.broken == []
     assert page.requests and page.outside == []
     assert "Before / after" in page.text and "Bias check" in page.text and "Checkpoints" in page.text
+    assert pick in page.text and "Not installed yet" not in page.text
     print(f"report screenshot: {tmp_path / 'report.png'}")

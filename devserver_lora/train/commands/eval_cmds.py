@@ -62,7 +62,6 @@ def _cmd_samples(args: argparse.Namespace) -> int:
     from ..evaluate.settings import EvalPrompt, load_eval_settings, save_eval_settings
 
     job = _jobs(args).get(args.job)
-    current = load_eval_settings(job)
     changes: dict[str, Any] = {}
     if args.prompt:
         changes["prompts"] = [EvalPrompt(prompt=p, seed=args.seed + i) for i, p in enumerate(args.prompt)]
@@ -75,6 +74,8 @@ def _cmd_samples(args: argparse.Namespace) -> int:
             changes[key] = getattr(args, key)
     if args.negative is not None:
         changes["negative_prompt"] = args.negative
+    # Shown settings are saved (the file is where the rest is edited); refused changes write nothing.
+    current = load_eval_settings(job, create=not changes)
     if changes:
         try:
             updated = current.model_validate({**current.model_dump(), **changes})

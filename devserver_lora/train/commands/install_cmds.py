@@ -25,6 +25,7 @@ def _cmd_install(args: argparse.Namespace) -> int:
         strength=args.strength,
         check_keys=not args.no_key_check,
     )
+    _refresh_report(job)
     if args.json:
         print_json(result)
         return 0
@@ -36,6 +37,14 @@ def _cmd_install(args: argparse.Namespace) -> int:
     for w in result.warnings:
         out.print(f"[yellow]![/] {w}", markup=True, highlight=False)
     return 0
+
+
+def _refresh_report(job: object) -> None:
+    """The job's report shows the install state: write it again now (a warning event if that fails; the LoRA is
+    installed either way)."""
+    from ..evaluate.live import finish
+
+    finish(job, written_by="install")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

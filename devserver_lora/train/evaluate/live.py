@@ -17,9 +17,9 @@ DEFAULT_INTERVAL_S = 10.0
 
 
 class LivePlot:
-    def __init__(self, job: Any, *, interval_s: float = DEFAULT_INTERVAL_S) -> None:
+    def __init__(self, job: Any, *, interval_s: float | None = None) -> None:
         self.job = job
-        self.interval_s = interval_s
+        self.interval_s = DEFAULT_INTERVAL_S if interval_s is None else interval_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._seen = -1
@@ -56,13 +56,14 @@ class LivePlot:
                 self.job.append_event(LogEvent(level="warning", message=f"the loss plot could not be drawn: {exc}"))
 
 
-def finish(job: Any, *, state: str | None = None, message: str | None = None) -> Path | None:
-    """The final plot and report of a run (`state`: the outcome about to be recorded); a warning event, not an
-    exception, when they cannot be written."""
+def finish(job: Any, *, state: str | None = None, message: str | None = None, written_by: str = "run"
+           ) -> Path | None:
+    """The final plot and report of a run (`state`: the outcome about to be recorded), or after `install`; a warning
+    event, not an exception, when they cannot be written."""
     try:
         from .report import write_report
 
-        return write_report(job, written_by="run", state=state, message=message)
+        return write_report(job, written_by=written_by, state=state, message=message)
     except Exception as exc:  # noqa: BLE001 - the run's outcome is recorded already; the report must not undo it
         job.append_event(LogEvent(level="warning", message=f"the report could not be written: {exc}"))
         return None

@@ -1,5 +1,5 @@
 """One report per job: `report.json` (the facts, for programs) and `report.html` (the same facts for people), both
-in the job folder, written by `evaluate` and at the end of every run (done, failed or cancelled).
+in the job folder, written by `evaluate`, at the end of every run (done, failed or cancelled) and by `install`.
 
 The HTML is self-contained: plain HTML and inline CSS, no script, no font or file from anywhere but the job folder
 (images are referenced by relative paths beside it: `loss_plot.png`, `samples/`, `evaluation/`), so it opens from

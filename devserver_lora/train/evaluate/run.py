@@ -205,8 +205,9 @@ def plan_sheets(kinds: tuple[str, ...], settings: EvalSettings, lora: _Lora, che
 def evaluate_job(job: Any, options: EvalOptions, *, on_image: Callable[[int, int, Rendered], None] | None = None
                  ) -> EvaluationResult:
     """Render every requested sheet, write images, sheets and results.json, then the report. Returns the result."""
+    kinds = _kinds(options)  # a refused request writes nothing: check what was asked before the defaults are saved
+    LoraStage(options.loras_dir, job.id)
     settings = load_eval_settings(job)
-    kinds = _kinds(options)
     lora = _lora_of(job, _the_lora(job, options.lora_file), "")
     lora.label = _checkpoint_label(job, lora.path)[1]
     checkpoints = [_lora_of(job, p, _checkpoint_label(job, p)[1])
