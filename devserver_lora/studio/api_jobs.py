@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,18 @@ def pin_model(config: StudioConfig, job: Job) -> None:
     if find_tokenizer_dir("clip_l", source) is None:  # a test-sized checkpoint: the in-code tokenizer, as the demo
         source = source.model_copy(update={"tiny_tokenizer": True})
     job.write_json(MODEL_FILE, source)
+
+
+def check_can_start(config: StudioConfig, job: Job, backend: str) -> None:
+    """The backend's own preflight, in the request: a student sees every blocker at once, before anything starts."""
+    try:
+        findings = get_backend(backend, config.settings).preflight(job)
+    except DevserverLoraError as exc:
+        raise refusal_from(exc) from None
+    bad = blockers(findings)
+    if bad:
+        raise StudioRefusal(400, f"the {backend} backend cannot start this job here",
+                            hint="fix what is named below (the server's setup)", fields=fields_from_problems(bad))
 
 
 def register(bp: Blueprint, studio: Studio) -> None:
@@ -121,15 +134,7 @@ def register(bp: Blueprint, studio: Studio) -> None:
         if not resume and state != "created":
             raise StudioRefusal(409, f"job {job.id} already ran ({state})", hint="resume it, or make a variant")
         backend = job.plan.backend or "auto"
-        try:
-            findings = get_backend(backend, config.settings).preflight(job)
-        except DevserverLoraError as exc:
-            raise refusal_from(exc) from None
-        bad = blockers(findings)
-        if bad:
-            raise StudioRefusal(400, f"the {backend} backend cannot start this job here",
-                                hint="fix what is named below (the server's setup)",
-                                fields=fields_from_problems(bad))
+        check_can_start(config, job, backend)
         scheduler.enqueue(job, resume=resume, backend=backend)
         scheduler.pump()
         return jsonify(view(job)), 202
@@ -159,6 +164,11 @@ def register(bp: Blueprint, studio: Studio) -> None:
     def delete_job(job_id: str) -> Any:
         _, job = visible_job(job_id)
         info = job.info
+        if info.get("state") in runner.FINAL_STATES:
+            # The worker writes its final state, then exits: give it that moment before judging it still running.
+            deadline = time.monotonic() + 10
+            while runner.runner_alive(job) and time.monotonic() < deadline:
+                time.sleep(0.1)
         if is_queued(info) or info.get("state") == "running" or runner.runner_alive(job):
             raise StudioRefusal(409, f"job {job.id} is {'queued' if is_queued(info) else 'running'}; its files stay",
                                 hint="cancel it first")

@@ -232,6 +232,16 @@ def prepared(config: StudioConfig, folder: Path, *, trigger: str | None, family:
     return out
 
 
+def remove_dataset(config: StudioConfig, owner: str, name: str) -> None:
+    """Delete a dataset folder (and its owner's folder when that is left empty)."""
+    folder = dataset_dir(config, owner, name)
+    shutil.rmtree(folder, ignore_errors=True)
+    try:
+        folder.parent.rmdir()
+    except OSError:
+        pass  # other datasets of this owner remain
+
+
 def list_datasets(config: StudioConfig, owner: str | None) -> list[Path]:
     """The dataset folders of `owner` (None: everyone's), newest first."""
     root = config.datasets_dir

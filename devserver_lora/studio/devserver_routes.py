@@ -34,8 +34,8 @@ from ..train.gpu import GpuInfo, detect_gpu
 from ..train.install import install_job
 from ..train.memory import Workload, choose_memory_plan
 from ..train.presets import get_preset
-from .api_jobs import pin_model
-from .datasets import dataset_dir, receive
+from .api_jobs import check_can_start, pin_model
+from .datasets import dataset_dir, receive, remove_dataset
 from .identity import current_user
 from .index import Entry
 from .plans import PlanRequest, plan_for
@@ -193,15 +193,23 @@ def register(bp: Blueprint, studio: Studio) -> None:
                               trigger=triggers[0] if triggers else None)
             planned = plan_for(config, user, req)
         except StudioRefusal as exc:
-            shutil.rmtree(dataset_dir(config, user, name), ignore_errors=True)
+            remove_dataset(config, user, name)
             return _message(exc.message + (f" ({exc.hint})" if exc.hint else ""), 400)
         except DevserverLoraError as exc:
-            shutil.rmtree(dataset_dir(config, user, name), ignore_errors=True)
+            remove_dataset(config, user, name)
             return _message(str(exc), 400)
         job = store.create(planned.plan, card=card)
         job.set_state("created", owner=user, parent=None, studio_request=req.model_dump(mode="json"),
                       **{PROJECT_KEY: project})
         pin_model(config, job)
+        try:
+            check_can_start(config, job, planned.plan.backend or "auto")
+        except StudioRefusal as exc:  # nothing stays behind of a start that cannot run here
+            shutil.rmtree(job.dir, ignore_errors=True)
+            remove_dataset(config, user, name)
+            index.forget(job.id)
+            detail = "; ".join(f"{f['message']} ({f['hint']})" if f.get("hint") else f["message"] for f in exc.fields)
+            return _message(f"{exc.message}: {detail}" if detail else exc.message)
         scheduler.enqueue(job, resume=False, backend=planned.plan.backend or "auto")
         scheduler.pump()
         return jsonify({"message": "Training started", "details": {
