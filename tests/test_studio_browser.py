@@ -309,7 +309,7 @@ def test_keyboard_phone_width_and_german(tmp_path: Path) -> None:
 
     shots = tmp_path / "shots"
     upload = planted_zip(tmp_path / "upload" / "set.zip", n=3, size=128, bad=False)
-    with studio_server(tmp_path / "home") as server, chromium(origin=server.url) as driver:
+    with studio_server(tmp_path / "home", teachers=("tina",)) as server, chromium(origin=server.url) as driver:
         driver.get(server.url + "/lora")
         # Keyboard only: the name dialog has the focus; typing and Enter sign in.
         wait_until(driver, lambda d: d.execute_script("return document.activeElement.id") == "user-name", 30,
@@ -398,4 +398,14 @@ def test_keyboard_phone_width_and_german(tmp_path: Path) -> None:
         scroll, client = driver.execute_script(wide)
         assert scroll <= client, (scroll, client)
         shot(driver, shots, "12-phone-job")
+        job_id = driver.execute_script("return S.job.id")
+        # A teacher sees everyone's jobs (with their owner), and can narrow the list to their own.
+        with chromium(origin=server.url) as teacher:
+            teacher.get(server.url + "/lora")
+            sign_in(teacher, "tina")
+            row = wait_until(teacher, lambda d: css(d, f'#jobs-body tr[data-job="{job_id}"]'), 30, "carla's job")[0]
+            assert "carla" in row.text and "(teacher)" in text_of(teacher, "user-label")
+            assert _visible(teacher, "all-jobs") and by_id(teacher, "all-jobs").is_selected()
+            by_id(teacher, "all-jobs").click()
+            wait_until(teacher, lambda d: not css(d, f'#jobs-body tr[data-job="{job_id}"]'), 30, "only her own jobs")
     publish_shots(shots)

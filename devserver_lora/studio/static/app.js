@@ -160,6 +160,7 @@ function renderUser() {
   const me = S.me || {};
   $("user-label").textContent = S.user ? t(me.teacher ? "user_teacher" : "user_is", { user: S.user }) : "";
   $("user-change").hidden = Boolean(me.mounted);
+  if ($("all-jobs-box").hidden && me.teacher) $("all-jobs").checked = true;  // a teacher starts with everyone's jobs
   $("all-jobs-box").hidden = !me.teacher;
 }
 
@@ -472,7 +473,8 @@ async function createJob() {
 async function loadJobs() {
   if (!S.user && !(S.me && S.me.mounted)) return;
   try {
-    const res = await api("GET", "/jobs" + ($("all-jobs").checked ? "?all=1" : ""));
+    const teacher = Boolean(S.me && S.me.teacher);
+    const res = await api("GET", "/jobs" + (teacher ? ($("all-jobs").checked ? "?all=1" : "?all=0") : ""));
     S.jobs = res.jobs || []; S.queue = res.queue || [];
     renderJobs();
   } catch (e) { setStatus("create-status", e.describe(), true); }
