@@ -224,8 +224,12 @@ def test_steps_epochs_and_round_trip(ds, tmp_path):
 
 
 def test_cpu_plan_and_old_gpu(ds):
+    # sd3_train_network.py load_target_model loads every part in the mixed-precision dtype, also on the CPU: bf16
+    # halves the host RAM (issue 12 item 4); the UNet scripts load in fp32 whatever the precision, so "no" there.
     cpu = make_plan("sd35_medium", "quick_test", ds, gpu=None)
-    assert cpu.gpu is None and cpu.hyper.mixed_precision == "no" and cpu.memory.vram_gb is None
+    assert cpu.gpu is None and cpu.hyper.mixed_precision == "bf16" and cpu.memory.vram_gb is None
+    assert any("bf16 on the CPU" in e for e in cpu.explanations)
+    assert make_plan("sd15", "quick_test", ds, gpu=None).hyper.mixed_precision == "no"
     t4 = make_plan("sd35_medium", "quick_test", ds, gpu=lookup_gpu("T4"))
     assert t4.hyper.mixed_precision == "fp16"
 
@@ -283,3 +287,51 @@ def test_family_arch_names_exist_in_loras():
     from devserver_lora.lora.fit import ARCHS
 
     assert all(f.arch in ARCHS for f in FAMILIES.values())
+
+
+# ----------------------------------------------------------------------------- issue 12 item 1
+@pytest.mark.parametrize("setting", [{"caption_dropout_rate": 0.05}, {"shuffle_caption": True}])
+@pytest.mark.parametrize("backend", ["kohya", None])
+def test_caption_dropout_or_shuffling_with_cached_encoder_outputs_is_refused(ds, setting, backend):
+    # sd-scripts asserts at start-up when text-encoder outputs are cached and captions vary (sd3_train_network.py
+    # Sd3NetworkTrainer.assert_extra_args); the plan caches them whenever the encoders are frozen.
+    with pytest.raises(PlanError) as exc:
+        make_plan("sd35_large", "fotostudio", ds, gpu=gpu_from_vram(24), overrides=setting, backend=backend)
+    err = exc.value
+    assert "cannot be used while the text-encoder outputs are cached" in err.message
+    assert "when caching Text Encoder output" in err.message  # sd-scripts' own words
+    assert "--set caption_dropout_rate=0 --set shuffle_caption=false" in err.hint
+    assert "--set cache_text_encoder_outputs=false" in err.hint
+    assert [p.code for p in err.problems] == ["caption_vs_text_encoder_cache"]
+
+
+def test_caption_dropout_with_the_cache_turned_off_is_planned_with_its_memory(ds):
+    cached = make_plan("sd35_large", "fotostudio", ds, gpu=gpu_from_vram(80), backend="kohya")
+    plan = make_plan("sd35_large", "fotostudio", ds, gpu=gpu_from_vram(80), backend="kohya",
+                     overrides={"caption_dropout_rate": 0.05, "cache_text_encoder_outputs": False})
+    assert plan.hyper.caption_dropout_rate == 0.05 and not plan.memory.cache_text_encoder_outputs
+    # the encoders stay on the GPU: T5-XXL alone is 4.7 B parameters, about 8.8 GB in 16 bits
+    assert plan.memory.breakdown_gb["weights"] - cached.memory.breakdown_gb["weights"] > 9
+    assert any("cache_text_encoder_outputs=false as requested" in e for e in plan.explanations)
+    assert backend_support_problems(plan.hyper, "kohya", plan.memory) == []
+    with pytest.raises(PlanError, match="true or false"):
+        make_plan("sd35_large", "fotostudio", ds, gpu=gpu_from_vram(80), overrides={"cache_text_encoder_outputs": 3})
+
+
+def test_the_native_backend_keeps_caption_dropout_with_its_cache(ds):
+    plan = make_plan("sd35_medium", "fotostudio", ds, gpu=gpu_from_vram(24), backend="native",
+                     overrides={"caption_dropout_rate": 0.05})
+    assert plan.hyper.caption_dropout_rate == 0.05 and plan.memory.cache_text_encoder_outputs
+
+
+def test_the_dropout_message_no_longer_calls_dropout_typical(ds):
+    with pytest.raises(PlanError) as exc:
+        make_plan("sd35_large", "fotostudio", ds, gpu=gpu_from_vram(24), overrides={"caption_dropout_rate": 1.5})
+    assert "typical" not in str(exc.value) and "sd-scripts refuses any caption dropout" in str(exc.value)
+
+
+def test_sd15_plans_no_text_encoder_cache(ds):
+    # train_network.py (SD1.5) has no text-encoder output cache: the plan must not claim one, nor refuse dropout.
+    plan = make_plan("sd15", "fotostudio", ds, gpu=gpu_from_vram(24), backend="kohya",
+                     overrides={"caption_dropout_rate": 0.05})
+    assert not plan.memory.cache_text_encoder_outputs

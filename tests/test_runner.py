@@ -173,3 +173,22 @@ def test_run_refuses_in_the_foreground_when_the_native_backend_has_no_model(kohy
     assert "no base model configured" in captured.out + captured.err
     assert "not started" in captured.err
     assert job.state == "created" and "pid" not in job.info  # no worker was started
+
+
+def test_status_says_cancelled_once(kohya_env, monkeypatch, capsys):
+    # issue 12 item 7: `status` printed "cancelled cancelled; finished checkpoints are kept"
+    import devserver_lora.train.backends as backends
+
+    monkeypatch.setattr(backends, "get_backend", lambda name, settings, **kw: _FakeBackend("cancelled"))
+    job = kohya_env.job()
+    runner.run_worker(job, kohya_env.settings, backend="native", resume=False)
+    capsys.readouterr()
+    assert train_main(["status", job.id, "--jobs-dir", str(kohya_env.jobs_dir)]) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    assert line == f"job {job.id}: cancelled; finished checkpoints are kept"
+    assert train_main(["status", "--jobs-dir", str(kohya_env.jobs_dir)]) == 0
+    listed = capsys.readouterr().out
+    assert listed.count("cancelled") == 1 and "finished checkpoints are kept" in listed
+    job.set_state("cancelled", message="cancelled; finished checkpoints are kept")  # a job from before the fix
+    assert train_main(["status", job.id, "--jobs-dir", str(kohya_env.jobs_dir)]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == f"job {job.id}: cancelled; finished checkpoints are kept"

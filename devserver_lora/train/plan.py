@@ -27,7 +27,15 @@ from .card import CARD_FILE, load_card
 from .dataset.manifest import DatasetManifest, load_manifest
 from .families import FAMILIES, Family, get_family
 from .gpu import GpuInfo
-from .memory import CPU_RELATIVE_SPEED, Choice, MemoryPlan, Workload, choose_memory_plan, estimate
+from .memory import (
+    CPU_RELATIVE_SPEED,
+    LOADS_IN_WEIGHT_DTYPE,
+    Choice,
+    MemoryPlan,
+    Workload,
+    choose_memory_plan,
+    estimate,
+)
 from .presets import Preset, get_preset
 
 __all__ = [
@@ -40,6 +48,7 @@ __all__ = [
     "TrainingPlan",
     "accumulation_for",
     "backend_support_problems",
+    "caption_cache_problems",
     "make_plan",
     "mixed_precision_for",
     "step_schedule",
@@ -162,7 +171,10 @@ class Hyperparameters(BaseModel):
     @classmethod
     def _dropout(cls, v: float) -> float:
         if not 0.0 <= v < 1.0:
-            raise ValueError(f"caption_dropout_rate {v} must be between 0 and 1 (0.05 is typical)")
+            raise ValueError(
+                f"caption_dropout_rate {v} must be between 0 and 1 (0 = off, the default; with frozen text encoders "
+                "the Kohya backend caches their outputs, and sd-scripts refuses any caption dropout then)"
+            )
         return v
 
     @field_validator("keep_tokens")
@@ -248,6 +260,8 @@ def backend_support_problems(hyper: Hyperparameters, backend: str | None, memory
                 hint="use the kohya backend for the galerie preset, or choose atelier",
             )
         )
+    if backend == "kohya" and memory is not None:
+        found += caption_cache_problems(hyper, memory, backend)
     if backend == "native" and memory is not None and (memory.fp8_base or memory.blocks_to_swap):
         found.append(
             Problem(
@@ -261,6 +275,37 @@ def backend_support_problems(hyper: Hyperparameters, backend: str | None, memory
 
 
 _MEMORY_OVERRIDES = ("fp8_base", "blocks_to_swap", "gradient_checkpointing", "use_8bit_optimizer")
+CACHE_TE = "cache_text_encoder_outputs"
+# sd-scripts' own words (sd3_train_network.py, sdxl_train_network.py, flux_train_network.py: assert_extra_args, on
+# DatasetGroup.is_text_encoder_output_cacheable in library/train_util.py); tests/fixtures/kohya/sd_scripts_facts.json.
+TE_CACHE_ASSERTION = ("when caching Text Encoder output, either caption_dropout_rate, shuffle_caption, "
+                      "token_warmup_step or caption_tag_dropout_rate cannot be used")
+
+
+def caption_cache_problems(hyper: Hyperparameters, memory: MemoryPlan, backend: str | None) -> list[Problem]:
+    """Caption dropout or shuffling while the Kohya backend caches text-encoder outputs: sd-scripts refuses that
+    combination at start-up (TE_CACHE_ASSERTION; the captions are encoded once, so neither could take effect).
+
+    Refused rather than resolved silently: turning the cache off keeps every text encoder (T5-XXL alone 4.7 B
+    parameters) loaded and running at every step, several GB more memory and slower steps, which the student
+    should choose knowingly. The native backend drops captions on the cached outputs, so it is not affected."""
+    if backend == "native" or not memory.cache_text_encoder_outputs:
+        return []
+    used = [f"caption_dropout_rate={hyper.caption_dropout_rate:g}"] if hyper.caption_dropout_rate > 0 else []
+    used += ["shuffle_caption=true"] if hyper.shuffle_caption else []
+    if not used:
+        return []
+    return [Problem(
+        f"{' and '.join(used)} cannot be used while the text-encoder outputs are cached (the plan caches them "
+        f"because the encoders are frozen); sd-scripts would stop at start-up with 'AssertionError: "
+        f"{TE_CACHE_ASSERTION}'",
+        path="$.hyper." + ("caption_dropout_rate" if hyper.caption_dropout_rate > 0 else "shuffle_caption"),
+        code="caption_vs_text_encoder_cache",
+        hint="either keep the cache and plan with `--set caption_dropout_rate=0 --set shuffle_caption=false`, or "
+        f"plan with `--set {CACHE_TE}=false` (the text encoders then stay loaded while training: several GB "
+        "more memory, which the plan estimates, and slower steps)"
+        + ("; or use --backend native, which drops captions on the cached outputs" if backend is None else ""),
+    )]
 
 
 def _validation_problems(exc: ValidationError) -> list[Problem]:
@@ -347,8 +392,15 @@ def _validate_without_steps(values: dict[str, Any]) -> tuple[Hyperparameters, An
     return hyper, explicit_steps, explicit_epochs
 
 
-def mixed_precision_for(gpu: GpuInfo | None) -> tuple[Literal["bf16", "fp16", "no"], str | None]:
-    """The mixed precision the card supports, with the explanation when it is not bf16."""
+def mixed_precision_for(
+    gpu: GpuInfo | None, family: Family | None = None
+) -> tuple[Literal["bf16", "fp16", "no"], str | None]:
+    """The mixed precision the card supports, with the explanation when it is not bf16. On the CPU: bf16 for the
+    families whose Kohya script loads every part in that dtype (sd3/flux_train_network.py load_target_model: the
+    issue-12 run peaked at 11.8 GB of host RAM in bf16 against 22.8 GB in fp32), else full precision."""
+    if gpu is None and family is not None and family.name in LOADS_IN_WEIGHT_DTYPE:
+        return "bf16", ("no GPU found or given: bf16 on the CPU (sd-scripts then loads the model, text encoders and "
+                        "VAE in bf16, half the host RAM of fp32; only sensible for tiny test models)")
     if gpu is None:
         return "no", "no GPU found or given: full precision on the CPU (only sensible for tiny test models)"
     if not gpu.supports_bf16:
@@ -364,6 +416,8 @@ def _search_memory(
     gpu: GpuInfo | None,
     backend: BackendName | None,
     forced: dict[str, Any],
+    *,
+    cache_text_encoder_outputs: bool = True,
 ) -> tuple[MemoryPlan, Choice, Workload, list[str]]:
     """Memory search: refuse a card below the preset's minimum, else the cheapest memory plan that fits
     (memory.choose_memory_plan), the choice behind it, the workload it was estimated for and its notes."""
@@ -376,6 +430,10 @@ def _search_memory(
         train_text_encoder=hyper.train_text_encoder,
         num_images=num_images,
         steps=pre.target_steps,
+        mixed_precision=hyper.mixed_precision,
+        backend=backend,
+        on_gpu=gpu is not None,
+        cache_text_encoder_outputs=cache_text_encoder_outputs,
     )
     if gpu is not None and pre.min_vram_gb and gpu.vram_gb < pre.min_vram_gb:
         raise PlanError(
@@ -384,6 +442,9 @@ def _search_memory(
             hint="choose 'atelier' or 'fotostudio', or a larger GPU",
         )
     memory, choice, notes = choose_memory_plan(work, gpu, backend=backend, forced=forced)
+    if not cache_text_encoder_outputs and not hyper.train_text_encoder:
+        notes.append(f"{CACHE_TE}=false as requested: the text encoders stay loaded and encode each caption at "
+                     "every step (more memory, slower; needed for caption dropout or shuffling with Kohya)")
     return memory, choice, work, notes
 
 
@@ -504,15 +565,19 @@ def make_plan(
     n = manifest.num_images
     overrides = dict(overrides or {})
     memory_overrides = {k: overrides.pop(k) for k in _MEMORY_OVERRIDES if k in overrides}
+    cache_te = overrides.pop(CACHE_TE, True)
+    if not isinstance(cache_te, bool):
+        raise PlanError(f"{CACHE_TE} must be true or false, not {cache_te!r}", hint=f"--set {CACHE_TE}=false")
 
     values, explanations = _resolve_values(fam, pre, manifest, overrides)
     hyper, explicit_steps, explicit_epochs = _validate_without_steps(values)
-    mixed, note = mixed_precision_for(gpu)
+    mixed, note = mixed_precision_for(gpu, fam)
     explanations.extend([note] if note else [])
     if "mixed_precision" not in overrides:
         hyper.mixed_precision = mixed
 
-    memory, choice, work, notes = _search_memory(fam, pre, hyper, n, gpu, backend, memory_overrides)
+    memory, choice, work, notes = _search_memory(fam, pre, hyper, n, gpu, backend, memory_overrides,
+                                                 cache_text_encoder_outputs=cache_te)
     explanations.extend(notes)
     batch = choice.batch_size
     accumulation, note = accumulation_for(hyper, batch)
@@ -524,6 +589,9 @@ def make_plan(
     explanations.append(schedule.explanation)
     hyper = _final_hyperparameters(hyper, batch, accumulation, schedule)
 
+    problems = caption_cache_problems(hyper, memory, backend)
+    if problems:
+        raise PlanError(problems[0].message, hint=problems[0].hint, problems=problems)
     problems = backend_support_problems(hyper, backend, memory)
     if problems:
         raise PlanError(f"this plan does not suit the {backend} backend", problems=problems)

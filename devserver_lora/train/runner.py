@@ -155,7 +155,7 @@ def _run_backend(job: Any, settings: Any, *, backend: str, resume: bool, num_pro
         path = chosen.run(job, resume=resume, stop=stop)
     except BackendError as exc:
         if exc.diagnosis == "cancelled":
-            kept = "cancelled; finished checkpoints are kept"
+            kept = "finished checkpoints are kept"  # the state says "cancelled"; the message says what else
             return _Outcome(0, "cancelled", {"message": kept, "diagnosis": "cancelled"}, kept)
         return _failure(job, exc, diagnosis=exc.diagnosis)
     except DevserverLoraError as exc:

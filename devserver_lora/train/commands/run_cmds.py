@@ -89,6 +89,15 @@ def _last(events: list[dict], kind: str) -> dict | None:
     return next((e for e in reversed(events) if e.get("type") == kind), None)
 
 
+def message_after_state(state: str | None, message: str | None) -> str:
+    """A job's message as printed after its state: without the state said again (jobs cancelled before issue 12
+    have the message "cancelled; finished checkpoints are kept", which printed "cancelled cancelled; ...")."""
+    rest = (message or "").strip()
+    if state and (rest == state or rest.startswith((f"{state};", f"{state}:", f"{state},"))):
+        rest = rest[len(state):].lstrip(";:, ")
+    return rest
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     store = _store(settings)
@@ -98,7 +107,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
             print_json([j.model_dump(mode="json") for j in jobs])
         else:
             for j in jobs:
-                out.print(f"{j.id:50} {j.state:10} {j.family or '':12} {j.message or ''}", highlight=False)
+                rest = message_after_state(j.state, j.message)
+                out.print(f"{j.id:50} {j.state:10} {j.family or '':12} {rest}", highlight=False)
             if not jobs:
                 out.print("no jobs yet")
         return 0
@@ -126,7 +136,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print_json(summary)
         return 0
-    out.print(f"job {job.id}: [bold]{summary['state']}[/] {summary['message'] or ''}", markup=True, highlight=False)
+    rest = message_after_state(summary["state"], summary["message"])
+    out.print(f"job {job.id}: [bold]{summary['state']}[/]" + (f"; {rest}" if rest else ""), markup=True,
+              highlight=False)
     prog = summary["progress"]
     if prog:
         loss = "nan" if prog.get("loss_is_nan") else prog.get("loss")

@@ -29,10 +29,17 @@ from ...errors import DatasetError, PlanError, Problem
 from ...invocation import train_command
 from ..families import Family, get_family
 from .flags import SD3_IGNORED_FLAGS, check_dataset_config, sd3_flags
-from .models import ModelFiles
+from .models import ModelFiles, checkpoint_depth
 
 _REPEAT_DIR = re.compile(r"^(\d+)_(.+)$")
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+
+# Families whose script reads --sdpa: train_network.py and sdxl_train_network.py `load_target_model` pass it to
+# train_util.replace_unet_modules; sd3_train_network.py and flux_train_network.py override load_target_model and
+# read it nowhere (their attention is plain torch SDPA already), so it is not written for them.
+SDPA_READERS = frozenset({"sd15", "sdxl"})
+# library/sd3_models.py, MMDiT.enable_block_swap: "Cannot swap more than {num_blocks - 2} blocks".
+SD3_UNSWAPPED_BLOCKS = 2
 
 # Always on the command line (visible in `ps` and in the job's command.json), whatever the config file says.
 FIXED_ARGS = ("network_module", "console_log_simple", "caption_extension", "save_every_n_epochs", "save_state", "logging_dir")
@@ -88,17 +95,21 @@ def dataset_config(plan: Any) -> dict:
     general: dict[str, Any] = {
         "caption_extension": ".txt",
         "shuffle_caption": bool(h.shuffle_caption),
-        "keep_tokens": int(h.keep_tokens),
         "flip_aug": bool(h.flip_aug),
         "caption_dropout_rate": float(h.caption_dropout_rate),
     }
+    # keep_tokens is read only where captions are split into tokens: with shuffle_caption, token warm-up or tag
+    # dropout (library/train_util.py, BaseDataset.process_caption); we offer only shuffle_caption of the three.
+    if h.shuffle_caption:
+        general["keep_tokens"] = int(h.keep_tokens)
     res = int(h.resolution)
     dataset: dict[str, Any] = {
         "resolution": [res, res],
         "batch_size": int(h.batch_size),
         "enable_bucket": True,
-        "min_bucket_reso": max(256, res // 2 // 64 * 64),
-        "max_bucket_reso": res * 2,
+        # No min_bucket_reso/max_bucket_reso: with bucket_no_upscale sd-scripts ignores them and says so
+        # (library/train_util.py, BaseDataset.make_buckets: "min_bucket_reso and max_bucket_reso are ignored if
+        # bucket_no_upscale is set"); the buckets follow each image's own size, never upscaled.
         "bucket_reso_steps": 64,
         "bucket_no_upscale": True,
         "subsets": [
@@ -162,7 +173,6 @@ def train_config(
             "seed": int(h.seed),
             "mixed_precision": h.mixed_precision,
             "save_precision": _save_precision(h.mixed_precision),
-            "sdpa": True,
             "max_data_loader_n_workers": 2,
             "persistent_data_loader_workers": True,
             "cache_latents": bool(mem.cache_latents),
@@ -173,6 +183,8 @@ def train_config(
             "metadata_title": plan.output_name,
         }
     )
+    if fam.name in SDPA_READERS:
+        cfg["sdpa"] = True
     # Only steps: sd-scripts lets max_train_epochs override max_train_steps, and the plan's epochs are rounded up.
     if getattr(h, "save_every_n_steps", None):
         cfg["save_every_n_steps"] = int(h.save_every_n_steps)
@@ -251,6 +263,29 @@ def check_config(family: str, cfg: dict[str, Any], *, file: str | None = None) -
     return problems
 
 
+def trainer_refusal_problems(plan: Any, models: ModelFiles) -> list[Problem]:
+    """What the pinned sd-scripts would refuse at start-up although every key is valid: caption dropout or
+    shuffling with cached text-encoder outputs (plan.caption_cache_problems), and more swapped blocks than the
+    checkpoint's MMDiT allows (its depth counted from the header's key names, minus SD3_UNSWAPPED_BLOCKS)."""
+    from ..plan import caption_cache_problems
+
+    found = caption_cache_problems(plan.hyper, plan.memory, "kohya")
+    swap = int(plan.memory.blocks_to_swap or 0)
+    depth = checkpoint_depth(models) if swap and get_family(plan.family).kohya_script == "sd3_train_network.py" \
+        else None
+    if depth is not None and swap > depth - SD3_UNSWAPPED_BLOCKS:
+        limit = max(0, depth - SD3_UNSWAPPED_BLOCKS)
+        found.append(Problem(
+            f"blocks_to_swap={swap} is more than this checkpoint allows: its MMDiT has {depth} joint blocks "
+            f"(read from {models.get('checkpoint')}), and sd-scripts swaps at most depth - {SD3_UNSWAPPED_BLOCKS} "
+            f"= {limit} (it would stop with 'Cannot swap more than {limit} blocks')",
+            path="$.memory.blocks_to_swap", code="blocks_to_swap_too_many",
+            hint=f"plan again with `--set blocks_to_swap={limit}`" if limit else
+            "plan again with `--set blocks_to_swap=0`: a model this small needs no block swap",
+        ))
+    return found
+
+
 def argv_flags(argv: list[str]) -> list[str]:
     return [a[2:] for a in argv if a.startswith("--")]
 
@@ -286,6 +321,10 @@ def build_command(
     from ...paths import atomic_write_text
 
     fam = get_family(plan.family)
+    refused = trainer_refusal_problems(plan, models)
+    if refused:
+        raise PlanError("sd-scripts would refuse this plan at start-up: " + "; ".join(p.message for p in refused),
+                        hint="; ".join(p.hint for p in refused if p.hint), problems=refused)
     dataset_toml = work_dir / "dataset.toml"
     config_toml = work_dir / "config.toml"
     ds = dataset_config(plan)

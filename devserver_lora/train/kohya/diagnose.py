@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...invocation import train_command
+from ..plan import CACHE_TE, TE_CACHE_ASSERTION
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,9 @@ _SIGNS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("bitsandbytes_missing", ("No module named 'bitsandbytes'", "bitsandbytes is not installed",
                               "requires bitsandbytes")),
     ("dataset_toml_invalid", ("extra keys not allowed", "Invalid user config")),
+    # sd3/sdxl/flux_train_network.py assert_extra_args (plan.TE_CACHE_ASSERTION); before "traceback".
+    ("caption_vs_text_encoder_cache", (TE_CACHE_ASSERTION,)),
+    ("blocks_to_swap_too_many", ("Cannot swap more than",)),  # library/sd3_models.py MMDiT.enable_block_swap
     ("bad_flag", ("error: unrecognized arguments:", "error: argument ")),
     ("no_data", ("No data found",)),
     ("model_mismatch", ("Error(s) in loading state_dict", "size mismatch for", "Missing key(s) in state_dict",
@@ -143,6 +147,21 @@ def diagnose(
             f"sd-scripts refused the dataset TOML: {signs['dataset_toml_invalid'][:200]}",
             "the generated dataset.toml does not match this sd-scripts version: run `check` and make sure "
             "sd-scripts is at the pinned commit (trainer/setup.sh)",
+        )
+    if "caption_vs_text_encoder_cache" in signs:
+        return Diagnosis(
+            "caption_vs_text_encoder_cache",
+            "sd-scripts refused caption dropout or caption shuffling while the text-encoder outputs are cached "
+            f"('{TE_CACHE_ASSERTION}')",
+            "plan again either with `--set caption_dropout_rate=0 --set shuffle_caption=false` (keeps the cache), or "
+            f"with `--set {CACHE_TE}=false` (the text encoders stay loaded while training: more memory, slower)",
+        )
+    if "blocks_to_swap_too_many" in signs:
+        return Diagnosis(
+            "blocks_to_swap_too_many",
+            f"sd-scripts refused the number of swapped blocks: {signs['blocks_to_swap_too_many'][:200]}",
+            "plan again with `--set blocks_to_swap=N` for the N it names; `check --job JOB` compares the plan "
+            "with the checkpoint's depth before a run",
         )
     if "bad_flag" in signs:
         return Diagnosis(

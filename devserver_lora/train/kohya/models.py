@@ -116,6 +116,15 @@ def classify(path: str | Path) -> tuple[str, str]:
     return "unknown", f"{len(keys)} tensors, no known layout"
 
 
+def checkpoint_depth(models: ModelFiles) -> int | None:
+    """Joint blocks of the SD3 checkpoint, counted from its header's `joint_blocks.N.` key names (None: no SD3
+    checkpoint or none of those keys). sd-scripts builds the MMDiT with as many blocks as the file has."""
+    checkpoint = models.get("checkpoint")
+    if checkpoint is None or not get_family(models.family).arch.startswith(("sd3", "sd35")):
+        return None
+    return _count(_JOINT, list(read_header(checkpoint).tensors)) or None
+
+
 def checkpoint_arch(models: ModelFiles) -> str:
     """The `lora.fit` name of the model sd-scripts trains on: the family's, unless the checkpoint says otherwise.
 

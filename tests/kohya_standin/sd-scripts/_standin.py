@@ -12,6 +12,10 @@
 - LoRA files with the recorded key layout (lora_keys.txt), attn2 keys only when the checkpoint has attn2,
   text-encoder keys when not `network_train_unet_only`; `--save_state` folders with train_state.json;
   after `--resume` the step counter restarts at 0 while epochs continue (as recorded).
+- the start-up assertions of assert_extra_args / MMDiT.enable_block_swap: caption dropout, shuffling, token warm-up
+  or tag dropout with cached text-encoder outputs, and more swapped blocks than the checkpoint's depth - 2, end
+  with the real assertion text and exit 1 (tests/test_kohya_sd_scripts_facts.py checks every string printed here
+  against the pinned source).
 - STANDIN_SCHEMA_DROP = keys the dataset schema lacks (an older sd-scripts); STANDIN_FLAGS_DROP = flags argparse lacks.
 - samples as `library/sd3_train_utils.sample_images` makes them: `--sample_prompts` (.json list, `enum` = place),
   `--sample_at_first` (epoch 0, step 0), `--sample_every_n_steps` (after the step's bar, before its checkpoint),
@@ -43,6 +47,12 @@ STEP_S = float(os.environ.get("STANDIN_STEP_S", "0.01"))
 FAIL = os.environ.get("STANDIN_FAIL", "")
 FAIL_AT = int(os.environ.get("STANDIN_FAIL_AT", "1"))
 IMAGE_EXT = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+# sd3_train_network.py SD3NetworkTrainer.assert_extra_args, verbatim.
+TE_CACHE_ASSERTION = (
+    "when caching Text Encoder output, either caption_dropout_rate, shuffle_caption, token_warmup_step or "
+    "caption_tag_dropout_rate cannot be used / Text Encoderの出力をキャッシュするときはcaption_dropout_rate, "
+    "shuffle_caption, token_warmup_step, caption_tag_dropout_rateは使えません"
+)
 
 
 def out(text: str, end: str = "\n") -> None:
@@ -311,6 +321,7 @@ def main(script: str) -> int:
     for line in preamble.splitlines()[:6]:
         out(line)
     subsets = []
+    te_cache_refused = False
     if args.dataset_config:
         out(f"Loading dataset config from {args.dataset_config}")
         with open(args.dataset_config, "rb") as fh:
@@ -322,9 +333,17 @@ def main(script: str) -> int:
             out("Traceback (most recent call last):")
             out(f"voluptuous.error.{type(exc).__name__}: {exc}")
             return 1
+        general = doc.get("general", {})
         for ds in doc.get("datasets", []):
             for sub in ds.get("subsets", []):
                 subsets.append((Path(sub["image_dir"]), int(sub.get("num_repeats", 1)), int(ds.get("batch_size", 1))))
+                # DatasetGroup.is_text_encoder_output_cacheable (library/train_util.py), per subset
+                merged = {**general, **ds, **sub}
+                uncacheable = (merged.get("caption_dropout_rate", 0) > 0 or merged.get("shuffle_caption", False)
+                               or merged.get("token_warmup_step", 0) > 0 or merged.get("caption_tag_dropout_rate", 0) > 0)
+                te_cache_refused = te_cache_refused or (uncacheable and (
+                    getattr(args, "cache_text_encoder_outputs", False)
+                    or getattr(args, "cache_text_encoder_outputs_to_disk", False)))
     elif args.train_data_dir:
         for child in sorted(Path(args.train_data_dir).iterdir()):
             m = re.match(r"^(\d+)_", child.name)
@@ -340,13 +359,24 @@ def main(script: str) -> int:
             "画像がありません。引数指定を確認してください（train_data_dirには画像があるフォルダではなく、画像がある"
             "フォルダの親フォルダを指定する必要があります）")
         return 0
+    if te_cache_refused:  # assert_extra_args runs after the dataset is loaded
+        out("Traceback (most recent call last):")
+        out("AssertionError: " + TE_CACHE_ASSERTION)
+        return 1
     for key in ("pretrained_model_name_or_path", "clip_l", "clip_g", "t5xxl"):
         value = getattr(args, key, None)
         if value and not Path(value).is_file():
             out("Traceback (most recent call last):")
             out(f"FileNotFoundError: [Errno 2] No such file or directory: '{value}'")
             return 1
-    attn2 = any(".attn2." in k for k in header_keys(args.pretrained_model_name_or_path))
+    keys = header_keys(args.pretrained_model_name_or_path)
+    attn2 = any(".attn2." in k for k in keys)
+    depth = 1 + max((int(m.group(1)) for k in keys for m in [re.search(r"joint_blocks\.(\d+)\.", k)] if m), default=-1)
+    swap = getattr(args, "blocks_to_swap", None) or 0
+    if swap and swap > depth - 2:  # library/sd3_models.py MMDiT.enable_block_swap
+        out("Traceback (most recent call last):")
+        out(f"AssertionError: Cannot swap more than {depth - 2} blocks. Requested: {swap} blocks.")
+        return 1
     if FAIL in ("model", "arch"):
         return fail(FAIL)
     if "8bit" in str(args.optimizer_type).lower() and FAIL == "bnb_missing":
