@@ -191,7 +191,9 @@ def standin_origins(root: Path) -> dict[str, str]:
         for wrapper in _WRAPPERS:
             text = text.removeprefix(wrapper)
         where = next((f for f, body in files.items() if text in body), None)
-        other = next((o for prefix, o in NOT_SD_SCRIPTS.items() if fragment.startswith(prefix)), None)
+        # A wrapper's text ("AssertionError: <message>") must be sd-scripts' own; only a bare wrapper is Python's.
+        wrapped = text != fragment and bool(text.strip(": "))
+        other = None if wrapped else next((o for p, o in NOT_SD_SCRIPTS.items() if fragment.startswith(p)), None)
         origins[fragment] = f"sd-scripts:{where}" if where else other or "UNACCOUNTED"
     return origins
 

@@ -409,7 +409,8 @@ def main(script: str) -> int:
         initial_step = steps_from_state
     if initial_step > 0 and not total > initial_step:
         out("Traceback (most recent call last):")
-        out(f"AssertionError: max_train_steps should be greater than initial step: {total} vs {initial_step}")
+        out("AssertionError: max_train_steps should be greater than initial step / max_train_stepsは初期ステップより"
+            f"大きい必要があります: {total} vs {initial_step}")  # train_network.py NetworkTrainer.train, verbatim
         return 1
     start_epoch = initial_step // per_epoch
     skip = 0
