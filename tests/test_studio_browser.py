@@ -247,17 +247,17 @@ def test_a_whole_job_from_the_page(tmp_path: Path) -> None:
         assert (server.loras / lora).is_file()
         shot(driver, shots, "06-installed")
         report = css(driver, "#job-report")
-        if report:  # the report opens in the same browser (the sign-in cookie), its own images included
-            href = report[0].get_attribute("href")
-            driver.get(href)
+        if report:  # the report opens in a new tab of the same browser (the sign-in cookie), its images included
+            page = driver.current_window_handle
+            report[0].click()
+            wait_until(driver, lambda d: len(d.window_handles) == 2, 30, "the report's tab")
+            driver.switch_to.window([h for h in driver.window_handles if h != page][0])
             wait_until(driver, lambda d: d.execute_script("return document.readyState") == "complete", 30, "report")
             images = driver.execute_script("return [...document.images].map(i => i.complete && i.naturalWidth > 0)")
-            assert "alice_squares" in driver.page_source and images and all(images), (href, images)
+            assert "alice_squares" in driver.page_source and images and all(images), (driver.current_url, images)
             shot(driver, shots, "06b-report")
-            driver.back()
-            wait_until(driver, lambda d: css(d, "#jobs-body tr") or _visible(d, "studio-view"), 30, "the page")
-            css(driver, f'#jobs-body tr[data-job="{job_id}"] button.open-job')[0].click()
-            wait_until(driver, lambda d: _visible(d, "job-view"), 30, "the job page again")
+            driver.close()
+            driver.switch_to.window(page)
         by_id(driver, "job-back").click()
         row = wait_until(driver, lambda d: css(d, f'#jobs-body tr[data-job="{job_id}"]'), 30, "the job's row")[0]
         assert row.get_attribute("data-state") == "done" and "alice" in row.text
