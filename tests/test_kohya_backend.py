@@ -211,6 +211,23 @@ def test_any_number_of_resumes_ends_at_the_planned_step(kohya_env, monkeypatch):
     assert (read_header(final).metadata["ss_epoch"], read_header(final).metadata["ss_steps"]) == ("4", "16")
 
 
+def test_resume_skips_a_state_cut_short(kohya_env, monkeypatch):
+    """A cancel while sd-scripts saves a state leaves train_state.json (written first) without the RNG states
+    (written last by accelerate): resuming from it would fail inside sd-scripts, so the one before is used."""
+    job = kohya_env.job(max_train_steps=12, save_every_n_steps=None)  # 3 epochs of 4 steps
+    b = backend(kohya_env)
+    monkeypatch.setenv("STANDIN_FAIL", "kill")
+    monkeypatch.setenv("STANDIN_FAIL_AT", "10")
+    with pytest.raises(BackendError):
+        b.run(job)
+    (job.work_dir / "kohya" / "run-1" / "tiny_sd3_lora-000002-state" / "random_states_0.pkl").unlink()
+    monkeypatch.delenv("STANDIN_FAIL")
+    b.run(job, resume=True)
+    attempts = json.loads((job.work_dir / "kohya" / "attempts.json").read_text())["attempts"]
+    assert attempts[1]["resume_from"].endswith("tiny_sd3_lora-000001-state") and attempts[1]["offset"] == 4
+    assert events(job, "done")[-1]["steps"] == 12
+
+
 def test_resume_warns_when_the_plan_is_not_whole_epochs(kohya_env, monkeypatch):
     job = kohya_env.job(max_train_steps=7, save_every_n_steps=None)  # 1 3/4 epochs of 4 steps
     b = backend(kohya_env)

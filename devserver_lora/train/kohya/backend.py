@@ -527,9 +527,16 @@ def _next_run_index(root: Path, ledger: dict) -> int:
     return max(taken, default=0) + 1
 
 
+def _state_complete(state_dir: Path) -> bool:
+    """accelerate's save_state writes the RNG states last (`random_states_<process>.pkl`, after the weights, the
+    optimizer and the scheduler), sd-scripts' train_state.json first (its pre-save hook): a state a cancel cut short
+    has the one without the other, and resuming from it would fail inside sd-scripts."""
+    return (state_dir / "train_state.json").is_file() and any(state_dir.glob("random_states_*.pkl"))
+
+
 def _last_state(root: Path, ledger: dict, output_name: str) -> tuple[Path | None, int, int]:
-    """The most advanced epoch-end state over all attempts: its folder, absolute step (the next attempt's offset)
-    and the epoch it completed. Step-named and end-of-training states are never resumed from (module doc)."""
+    """The most advanced complete epoch-end state over all attempts: its folder, absolute step (the next attempt's
+    offset) and the epoch it completed. Step-named and end-of-training states are never resumed from (module doc)."""
     best: tuple[int, int, Path] | None = None
     for entry in ledger["attempts"]:
         adir = root / entry["dir"]
@@ -537,6 +544,8 @@ def _last_state(root: Path, ledger: dict, output_name: str) -> tuple[Path | None
         for state_dir in adir.glob(f"{output_name}-*-state"):
             m = _EPOCH_STATE.match(state_dir.name)
             if m is None or m["stem"] != output_name:
+                continue
+            if not _state_complete(state_dir):
                 continue
             ts = state_dir / "train_state.json"
             try:

@@ -217,6 +217,7 @@ def save_state(out_dir: Path, name: str, epoch: int, step: int) -> None:
     state.mkdir(parents=True, exist_ok=True)
     (state / "train_state.json").write_text(json.dumps({"current_epoch": epoch, "current_step": step}))
     (state / "model.safetensors").write_bytes(b"")
+    (state / "random_states_0.pkl").write_bytes(b"")  # accelerate's save_state writes the RNG states last
 
 
 def bar(step: int, total: int, loss: float | None, rate: float) -> str:
