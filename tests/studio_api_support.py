@@ -22,6 +22,7 @@ def make_studio(home: Path, **options: Any) -> tuple[Any, Any, Any]:
     options.setdefault("queue_poll_s", 0)
     options.setdefault("detect_gpu", False)
     options.setdefault("sse_poll_s", 0.05)
+    options.setdefault("list_max_age_s", 0)  # every list reads the store (the terminal's jobs show at once)
     app = create_app(data_dir=home, **options)
     app.testing = True
     return app, app.test_client(), app.extensions["lora_studio"]

@@ -89,6 +89,7 @@ def register(bp: Blueprint, studio: Studio) -> None:
         job.set_state("created", owner=user, parent=parent, studio_request=req.model_dump(mode="json"),
                       plan_command=planned.command)
         pin_model(config, job)
+        index.invalidate()
         return job
 
     @bp.post("/api/lora/jobs")
@@ -106,7 +107,7 @@ def register(bp: Blueprint, studio: Studio) -> None:
     @bp.get("/api/lora/jobs")
     def list_jobs() -> Any:
         user = require_user(config)
-        entries = index.refresh()
+        entries = index.refresh(max_age_s=config.list_max_age_s)
         everyone = is_teacher(config, user) and request.args.get("all", "1") != "0"
         queue = [e.job.id for e in sorted((e for e in entries if is_queued(e.info)),
                                           key=lambda e: (e.info["queued_at"], e.job.id))]
@@ -157,6 +158,7 @@ def register(bp: Blueprint, studio: Studio) -> None:
             raise StudioRefusal(409, f"job {job.id} is not running ({info.get('state')})", hint="nothing to cancel")
         else:
             runner.cancel(job, grace_s=config.cancel_grace_s)
+        index.invalidate()
         scheduler.pump()
         return jsonify(view(job))
 
@@ -218,6 +220,7 @@ def register(bp: Blueprint, studio: Studio) -> None:
         job = store.create(new, card=parent.card)
         job.set_state("created", owner=user, parent=parent.id)
         pin_model(config, job)
+        index.invalidate()
         return job
 
     @bp.get("/api/lora/jobs/<job_id>/events")

@@ -46,6 +46,7 @@ class StudioConfig:
     python: str = field(default_factory=lambda: sys.executable)
     queue_poll_s: float = 2.0  # how often the one-GPU queue looks for a finished run (0: only when asked)
     sse_poll_s: float = 0.5
+    list_max_age_s: float = 0.5  # jobs-list polls this close together share one scan of the job store
     cancel_grace_s: float = 30.0
     sse_max_s: float = 3600.0  # an SSE response ends after this; the browser reconnects with Last-Event-ID
     detect_gpu: bool = True

@@ -202,6 +202,7 @@ def register(bp: Blueprint, studio: Studio) -> None:
         job.set_state("created", owner=user, parent=None, studio_request=req.model_dump(mode="json"),
                       **{PROJECT_KEY: project})
         pin_model(config, job)
+        index.invalidate()
         try:
             check_can_start(config, job, planned.plan.backend or "auto")
         except StudioRefusal as exc:  # nothing stays behind of a start that cannot run here
@@ -225,6 +226,7 @@ def register(bp: Blueprint, studio: Studio) -> None:
             scheduler.withdraw(entry.job)
         else:
             runner.cancel(entry.job, grace_s=config.cancel_grace_s)
+        index.invalidate()
         return jsonify({"message": "Training stopped", "success": True})
 
     @bp.post("/api/training/delete")

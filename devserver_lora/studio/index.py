@@ -4,19 +4,23 @@ Listing reads job.json of every job; with a thousand jobs and thirty browsers po
 path. The index remembers each job's job.json by (mtime, size) and each events.jsonl by the byte offset read so far:
 a poll stats the job folders, re-reads only the job.json files that changed and only the event bytes appended since
 the last poll (Job.events_after). Anything on disk that changed (a job run from the terminal, a job deleted by hand)
-is seen at the next poll.
+is seen at the next poll. Two savings keep a class of thirty cheap: events.jsonl is looked at only for jobs that can
+still change (not in a final state, or whose job.json just changed), and polls within `max_age_s` of the last scan
+share it (changes made through this Studio reset that at once; the terminal's show within that age).
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import JobError
 from ..train.jobs import EVENTS_FILE, JOB_FILE, Job, JobStore
+from ..train.runner import FINAL_STATES
 
 
 @dataclass
@@ -54,7 +58,7 @@ class Entry:
     digest: Digest = field(default_factory=Digest)
 
 
-def _stamp(path: Path) -> tuple[int, int] | None:
+def _stamp(path: str | Path) -> tuple[int, int] | None:
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -67,10 +71,17 @@ class JobIndex:
         self.store = store
         self._entries: dict[str, Entry] = {}
         self._lock = threading.Lock()
+        self._scanned_at = 0.0
+        self._sorted: list[Entry] = []
 
-    def refresh(self) -> list[Entry]:
-        """Every job, newest first, with its info and event digest current."""
+    def invalidate(self) -> None:
+        self._scanned_at = 0.0
+
+    def refresh(self, max_age_s: float = 0.0) -> list[Entry]:
+        """Every job, newest first, with its info and event digest current (as of at most `max_age_s` ago)."""
         with self._lock:
+            if max_age_s > 0 and time.monotonic() - self._scanned_at < max_age_s:
+                return list(self._sorted)
             seen: dict[str, Entry] = {}
             root = self.store.root
             try:
@@ -80,11 +91,12 @@ class JobIndex:
             for d in folders:
                 if not d.is_dir() or d.name.startswith("."):
                     continue
-                stamp = _stamp(Path(d.path) / JOB_FILE)
+                stamp = _stamp(os.path.join(d.path, JOB_FILE))  # a str join: Path() here costs more than the stat
                 if stamp is None:
                     continue
                 entry = self._entries.get(d.name)
-                if entry is None or entry.stamp != stamp:
+                changed = entry is None or entry.stamp != stamp
+                if changed:
                     try:
                         job = entry.job if entry else Job(root, d.name)
                         info = job.info
@@ -94,10 +106,14 @@ class JobIndex:
                         entry = Entry(job=job, info=info, stamp=stamp)
                     else:
                         entry.info, entry.stamp = info, stamp
-                self._update_events(entry)
+                assert entry is not None
+                if changed or entry.info.get("state") not in FINAL_STATES:
+                    self._update_events(entry)
                 seen[d.name] = entry
             self._entries = seen
-            return sorted(seen.values(), key=lambda e: (e.info.get("created") or 0, e.job.id), reverse=True)
+            self._sorted = sorted(seen.values(), key=lambda e: (e.info.get("created") or 0, e.job.id), reverse=True)
+            self._scanned_at = time.monotonic()
+            return list(self._sorted)
 
     def entry(self, job: Job) -> Entry:
         """One job's entry, current (a single stat and read when it changed)."""
@@ -126,3 +142,4 @@ class JobIndex:
     def forget(self, job_id: str) -> None:
         with self._lock:
             self._entries.pop(job_id, None)
+            self._scanned_at = 0.0

@@ -52,6 +52,7 @@ class Scheduler:
         job.set_state(job.state, **{QUEUED_AT: time.time()}, queue_resume=resume, queue_backend=backend,
                       message="waiting for the GPU")
         job.append_event(LogEvent(message="queued: waiting for the GPU"))
+        self.index.invalidate()
 
     def withdraw(self, job: Job) -> str:
         """Take a queued job out of the queue (cancel before it started)."""
@@ -60,6 +61,7 @@ class Scheduler:
             if not is_queued(info):
                 return str(info.get("state"))
             job.set_state(info["state"], **{QUEUED_AT: None}, message="taken out of the queue")
+            self.index.invalidate()
             if info["state"] == "created":
                 return runner.cancel(job)
             return job.state
@@ -85,6 +87,7 @@ class Scheduler:
         resume = bool(info.get("queue_resume"))
         backend = str(info.get("queue_backend") or "auto")
         job.set_state(info["state"], **{QUEUED_AT: None})
+        self.index.invalidate()
         try:
             runner.start(job, self.config.settings, backend=backend, resume=resume, python=self.config.python)
         except DevserverLoraError as exc:
