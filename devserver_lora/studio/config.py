@@ -55,6 +55,8 @@ class StudioConfig:
     # upload through /api/training/start. None: that route refuses and says how to set it.
     devserver_card: dict[str, Any] | None = None
     clear_vram_timeout_s: float = 30.0
+    # Settings for runs from DevServer's page (it offers none): make_plan overrides on top of preset fotostudio.
+    devserver_overrides: dict[str, Any] = field(default_factory=dict)
     # One base checkpoint for native training (written into each job's model.json), instead of the standard file
     # names looked up in settings.models_dir.
     model_checkpoint: Path | None = None

@@ -190,7 +190,7 @@ def register(bp: Blueprint, studio: Studio) -> None:
             folder = receive(config, user, name, files, family=FAMILY)
             card.write(folder / "card.json")
             req = PlanRequest(dataset=name, family=FAMILY, preset=PRESET, output_name=project,
-                              trigger=triggers[0] if triggers else None)
+                              trigger=triggers[0] if triggers else None, overrides=dict(config.devserver_overrides))
             planned = plan_for(config, user, req)
         except StudioRefusal as exc:
             remove_dataset(config, user, name)
