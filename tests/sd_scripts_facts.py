@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -135,11 +136,12 @@ def args_read(root: Path, script: str) -> dict[str, list[str]]:
 NOT_SD_SCRIPTS: dict[str, str] = {
     "Traceback (most recent call last):": "Python's traceback header",
     "AssertionError:": "Python's line for an uncaught AssertionError (sd-scripts' message follows it)",
-    'File "sd3_train_network.py", line': "Python's traceback frame line",
+    'File "': "Python's traceback frame line",
     "torch.OutOfMemoryError: CUDA out of memory.": "torch's CUDA caching allocator",
     "RuntimeError: CUDA error: no kernel image is available": "the CUDA runtime, raised through torch",
     "RuntimeError: Error(s) in loading state_dict for": "torch.nn.Module.load_state_dict",
     "size mismatch for ": "torch.nn.Module.load_state_dict",
+    "RuntimeError: shape '": "torch's Tensor.view / reshape",
     "ModuleNotFoundError: No module named": "Python's import system",
     "FileNotFoundError: [Errno 2] No such file or directory:": "Python's open()",
     "voluptuous.error.": "voluptuous, the exception's class path in the traceback",
@@ -147,8 +149,10 @@ NOT_SD_SCRIPTS: dict[str, str] = {
                                            "`load train state from {file}: {data}`",
     ", 'current_step':": "the same train_state.json dict",
 }
-# Python prints an uncaught AssertionError as "AssertionError: <message>"; rich's log handler puts the level first.
+# Python prints an uncaught AssertionError as "AssertionError: <message>"; rich's log handler puts the level first
+# and the logging file:line last (_RICH_PATH).
 _WRAPPERS = ("AssertionError: ", "ERROR    ", "WARNING  ", "INFO     ")
+_RICH_PATH = re.compile(r"\s+[\w.]+\.py:\d+$")
 
 
 def source_files(root: Path) -> dict[str, str]:
@@ -187,9 +191,13 @@ def standin_origins(root: Path) -> dict[str, str]:
     files = source_files(root)
     origins = {}
     for fragment in standin_fragments():
-        text = fragment
+        text = _RICH_PATH.sub("", fragment)
         for wrapper in _WRAPPERS:
             text = text.removeprefix(wrapper)
+        text = text.strip()
+        if not text:  # a rich record whose message wraps onto the next line: level and file:line only
+            origins[fragment] = "rich's log handler: level and the logging file:line of a wrapped record"
+            continue
         where = next((f for f, body in files.items() if text in body), None)
         # A wrapper's text ("AssertionError: <message>") must be sd-scripts' own; only a bare wrapper is Python's.
         wrapped = text != fragment and bool(text.strip(": "))
