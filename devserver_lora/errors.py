@@ -66,7 +66,7 @@ class Problem:
         return text
 
     def as_dict(self) -> dict:
-        out = {
+        out: dict[str, object] = {
             "severity": self.severity,
             "code": self.code,
             "file": self.file,

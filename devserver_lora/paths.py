@@ -36,8 +36,9 @@ _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
 _SIMPLE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
-def check_relative_name(name: str, *, what: str = "name", suffix: str | None = None) -> str:
+def check_relative_name(name: object, *, what: str = "name", suffix: str | None = None) -> str:
     """Return `name` if it is a safe forward-slash relative path, else raise UnsafePathError.
+    (`name` may be anything a hostile source sent: a non-string is refused like an empty name.)
 
     Refused: empty, NUL or control characters, backslashes, absolute paths, drive
     letters, '.' or '..' parts, empty parts ('a//b'), and (if given) another suffix.
@@ -63,7 +64,7 @@ def check_relative_name(name: str, *, what: str = "name", suffix: str | None = N
     return name
 
 
-def check_simple_name(name: str, *, what: str = "name") -> str:
+def check_simple_name(name: object, *, what: str = "name") -> str:
     """A single path component of letters, digits, '.', '_' and '-' (a job id, dataset or output name)."""
     if not isinstance(name, str) or not _SIMPLE_NAME.match(name) or name in (".", ".."):
         raise UnsafePathError(

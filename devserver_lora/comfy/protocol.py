@@ -135,9 +135,9 @@ _IMAGE_TYPES = ("output", "temp", "input")
 
 def image_ref(node: str, item: dict) -> ImageRef:
     """One `images` entry of /history, checked: the names are passed to /view and may end up in local paths."""
-    filename, subfolder, kind = item.get("filename"), item.get("subfolder") or "", item.get("type") or "output"
+    subfolder, kind = item.get("subfolder") or "", item.get("type") or "output"
     try:
-        check_relative_name(filename, what="image filename")
+        filename = check_relative_name(item.get("filename"), what="image filename")
         if "/" in filename:
             raise UnsafePathError(f"image filename {filename!r} names a folder")
         if subfolder:
@@ -198,7 +198,11 @@ def validation_error(data: dict) -> ComfyValidationError:
     error = data.get("error")
     if isinstance(error, str):  # very old servers answer a bare string
         error = {"type": "invalid_prompt", "message": error}
-    node_errors = data.get("node_errors") if isinstance(data.get("node_errors"), dict) else {}
+    elif not isinstance(error, dict):  # no "error" at all: the generic head below, not an AttributeError
+        error = {}
+    node_errors = data.get("node_errors")
+    if not isinstance(node_errors, dict):
+        node_errors = {}
     lines: list[str] = []
     for node_id, info in node_errors.items():
         if not isinstance(info, dict):

@@ -168,7 +168,8 @@ class _Validator:
                     continue
                 src_id = str(val[0])
                 src = self.graph.get(src_id)
-                outputs = self.info.get(src.get("class_type"), {}).get("output") if type(src) is dict else None
+                src_class = src.get("class_type") if type(src) is dict else None
+                outputs = self.info.get(src_class, {}).get("output") if isinstance(src_class, str) else None
                 if src is None or not isinstance(val[1], int) or outputs is None or not 0 <= val[1] < len(outputs):
                     # ComfyUI raises KeyError/IndexError here; the error lands on this node.
                     exc = f"'{src_id}'" if src is None else "tuple index out of range"

@@ -108,7 +108,7 @@ def resolve_arch(arch: str | ArchSpec) -> ArchSpec:
         bad = [e for e in encoders if e not in ("clip_l", "clip_g", "t5xxl")]
         if not bad:
             attn2 = range(int(m.group(2)), int(m.group(3)) + 1) if m.group(2) else ()
-            return ArchSpec.sd3(int(m.group(1)), attn2_blocks=attn2, text_encoders=encoders)  # type: ignore[arg-type]
+            return ArchSpec.sd3(int(m.group(1)), attn2_blocks=attn2, text_encoders=encoders)
     raise LoraFileError(
         f"unknown architecture '{arch}'",
         hint=f"use one of: {', '.join(sorted(ARCHS))}, or sd3:DEPTH[:attn2=A-B][:te=clip_l,clip_g,t5xxl]",

@@ -392,16 +392,16 @@ def _unet_key_map(arch: ArchSpec, m: dict[str, Target]) -> None:
                     key = key[:-2]
                 m[key] = target
     if arch.family == "sd3":
-        for dif, target in _mmdit_to_diffusers(arch).items():
-            m[f"transformer.{dif}"] = target
-            m[f"base_model.model.{dif}"] = target
-            m[f"lora_transformer_{dif.replace('.', '_')}"] = target
-            m[f"lycoris_{dif.replace('.', '_')}"] = target
+        for dif, mmdit in _mmdit_to_diffusers(arch).items():
+            m[f"transformer.{dif}"] = mmdit
+            m[f"base_model.model.{dif}"] = mmdit
+            m[f"lora_transformer_{dif.replace('.', '_')}"] = mmdit
+            m[f"lycoris_{dif.replace('.', '_')}"] = mmdit
     if arch.family == "flux":
-        for dif, target in _flux_to_diffusers(arch).items():
-            m[f"transformer.{dif}"] = target
-            m[f"lycoris_{dif.replace('.', '_')}"] = target
-            m[f"lora_transformer_{dif.replace('.', '_')}"] = target
+        for dif, flux in _flux_to_diffusers(arch).items():
+            m[f"transformer.{dif}"] = flux
+            m[f"lycoris_{dif.replace('.', '_')}"] = flux
+            m[f"lora_transformer_{dif.replace('.', '_')}"] = flux
         for k in model_weights(arch):
             if k.endswith(".linear1.weight"):
                 m[k.replace(".linear1.weight", ".linear1_qkv")] = (k, (0, 0, arch.hidden * 3))

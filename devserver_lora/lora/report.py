@@ -39,12 +39,12 @@ class LoraReport(BaseModel):
     metadata: dict[str, str] = Field(default_factory=dict, repr=False)
     format: Format = "unknown"
     adapter: str = "lora"
-    architecture: str = Field("unknown", description="sd3 / sd35_large / sd35_medium / sd3_medium / sdxl / sd15 / flux")
+    architecture: str = Field(default="unknown", description="sd3 / sd35_large / sd35_medium / sd3_medium / sdxl / sd15 / flux")
     family: str = "unknown"
-    depth: int | None = Field(None, description="SD3: joint blocks (hidden / 64); FLUX: double blocks")
+    depth: int | None = Field(default=None, description="SD3: joint blocks (hidden / 64); FLUX: double blocks")
     hidden_size: int | None = None
     attn2_blocks: list[int] = Field(default_factory=list)
-    rank: int | None = Field(None, description="The most common rank")
+    rank: int | None = Field(default=None, description="The most common rank")
     ranks: list[int] = Field(default_factory=list)
     has_alpha: bool = False
     text_encoders: list[str] = Field(default_factory=list, description="clip_l / clip_g / t5xxl parts the LoRA patches")

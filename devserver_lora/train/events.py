@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from ..errors import JobError
 
 JobState = Literal["created", "running", "done", "failed", "cancelled"]
+LogLevel = Literal["debug", "info", "warning", "error"]
 JOB_STATES: tuple[str, ...] = ("created", "running", "done", "failed", "cancelled")
 
 
@@ -69,7 +70,7 @@ class CheckpointEvent(_Event):
 
 class LogEvent(_Event):
     type: Literal["log"] = "log"
-    level: Literal["debug", "info", "warning", "error"] = "info"
+    level: LogLevel = "info"
     message: str
 
     @field_validator("level", mode="before")

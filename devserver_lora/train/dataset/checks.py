@@ -186,7 +186,8 @@ def _to_rgb(img: Image.Image, bit_depth: int | None, note) -> Image.Image:
 
 def _flatten(rgba: Image.Image, note) -> Image.Image:
     alpha = rgba.getchannel("A")
-    if alpha.getextrema()[0] < 255:
+    lowest = alpha.getextrema()[0]  # one band: (min, max) of numbers
+    if not isinstance(lowest, tuple) and lowest < 255:
         note("transparency_flattened", "transparent areas were filled with white")
         background = Image.new("RGB", rgba.size, (255, 255, 255))
         background.paste(rgba.convert("RGB"), mask=alpha)
@@ -226,7 +227,7 @@ def analyse_image(path: str, source: str, opts: CheckOptions) -> ImageResult:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img: Image.Image = Image.open(io.BytesIO(data))
             res.source_format = img.format
             res.source_mode = img.mode
             if any(issubclass(w.category, Image.DecompressionBombWarning) for w in caught):

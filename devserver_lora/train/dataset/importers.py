@@ -152,16 +152,16 @@ def read_directory(root: Path, kind_hint: str | None = None) -> Source:
     top = _images_in(root)
     kohya = _kohya_dirs(root)
     if kohya and not top:
-        items: list[SourceItem] = []
+        found: list[SourceItem] = []
         for sub, _repeats, _name in kohya:
-            items.extend(_read_folder(sub, prefix=f"{sub.name}/"))
+            found.extend(_read_folder(sub, prefix=f"{sub.name}/"))
         repeats = {r for _, r, _ in kohya}
-        problems = []
+        mixed: list[Problem] = []
         if len(repeats) > 1:
-            problems.append(Problem(f"subfolders use different repeats {sorted(repeats)}; one value is used for all",
-                                    code="mixed_repeats", severity="warning", hint="pass --repeats to choose"))
-        return Source(kind=kind_hint or "kohya", root=root, items=items, repeats=kohya[0][1],
-                      class_name=kohya[0][2], problems=problems)
+            mixed.append(Problem(f"subfolders use different repeats {sorted(repeats)}; one value is used for all",
+                                 code="mixed_repeats", severity="warning", hint="pass --repeats to choose"))
+        return Source(kind=kind_hint or "kohya", root=root, items=found, repeats=kohya[0][1],
+                      class_name=kohya[0][2], problems=mixed)
     if not top:
         subdirs = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(("__MACOSX", "."))]
         if len(subdirs) == 1:

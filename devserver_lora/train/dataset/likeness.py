@@ -80,9 +80,9 @@ def likeness(img: Image.Image) -> Likeness:
     ycc = np.asarray(img.resize((THUMB, THUMB), Image.Resampling.BOX).convert("YCbCr"), dtype=np.float32)
     table = np.zeros((THUMB + 1, THUMB + 1, 3), dtype=np.float32)  # sums below 2**20: exact in float32
     table[1:, 1:] = ycc.cumsum(axis=0).cumsum(axis=1)
-    table = table.reshape(-1, 3)
-    layout = _cell_means(table[:, :1], _LAYOUT_INDEX, _LAYOUT_AREA).reshape(VIEWS, SIDE * SIDE)
-    colour = _cell_means(table, _COLOUR_INDEX, _COLOUR_AREA).reshape(VIEWS, 12)
+    sums = table.reshape(-1, 3)
+    layout = _cell_means(sums[:, :1], _LAYOUT_INDEX, _LAYOUT_AREA).reshape(VIEWS, SIDE * SIDE)
+    colour = _cell_means(sums, _COLOUR_INDEX, _COLOUR_AREA).reshape(VIEWS, 12)
     flat = bool(layout[0].std() < FLAT_STD)
     layout = layout - layout.mean(axis=1, keepdims=True)
     norm = np.linalg.norm(layout, axis=1, keepdims=True)

@@ -178,8 +178,7 @@ def _prepare_into(
     entries: list[ManifestImage] = []
     seen: set[str] = set()
     for item, res, caption in zip(items, report.images, report.captions, strict=True):
-        bad_caption = caption is None
-        if not res.ok or res.blocked or bad_caption or item.source in per_image_errors:
+        if not res.ok or res.blocked or caption is None or item.source in per_image_errors:
             skipped.append(item.source)
             continue
         if item.source in dropped or res.out_sha256 in seen:
