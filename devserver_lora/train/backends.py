@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from ..errors import BackendError, Problem
+
+if TYPE_CHECKING:  # the backends are chosen here; the job store loads with them
+    from .jobs import Job
+    from .settings import Settings
 
 BackendChoice = Literal["kohya", "native", "auto"]
 BACKEND_NAMES: tuple[str, ...] = ("kohya", "native", "auto")
@@ -24,23 +28,23 @@ BACKEND_NAMES: tuple[str, ...] = ("kohya", "native", "auto")
 class Backend(Protocol):
     name: str
 
-    def preflight(self, job: Any) -> list[Problem]: ...
+    def preflight(self, job: Job) -> list[Problem]: ...
 
-    def run(self, job: Any, *, resume: bool = False, stop: threading.Event | None = None) -> Path: ...
+    def run(self, job: Job, *, resume: bool = False, stop: threading.Event | None = None) -> Path: ...
 
 
-def kohya_available(settings: Any, kohya_dir: Path | str | None = None) -> bool:
+def kohya_available(settings: Settings | None, kohya_dir: Path | str | None = None) -> bool:
     """True when a Kohya install is configured and has its checkout and venv (no subprocess started)."""
     from .kohya.venv import find_kohya
 
     try:
-        find_kohya(kohya_dir or getattr(settings, "kohya_dir", None))
+        find_kohya(kohya_dir or (settings.kohya_dir if settings else None))
     except BackendError:
         return False
     return True
 
 
-def get_backend(name: str, settings: Any, **options: Any) -> Backend:
+def get_backend(name: str, settings: Settings | None, **options: Any) -> Backend:
     """`kohya`, `native`, or `auto` (Kohya if a valid Kohya install is configured, else native).
 
     Options go to the backend's constructor (Kohya: kohya_dir, num_processes, grace_s, ...; native: num_processes,
@@ -54,16 +58,13 @@ def get_backend(name: str, settings: Any, **options: Any) -> Backend:
         from .kohya.backend import KohyaBackend
 
         return KohyaBackend(settings, **options)
-    try:  # issue 7's package; imported lazily because it pulls in torch
-        from .native import NativeBackend  # type: ignore[attr-defined]
-    except ImportError:
-        try:
-            from .native.backend import NativeBackend  # type: ignore[no-redef]
-        except ImportError as exc:
-            raise BackendError(
-                f"the native backend cannot be loaded: {exc}",
-                hint="install the training extra (`pip install devserver-lora[train]`) or use --backend kohya",
-                diagnosis="native_missing",
-            ) from exc
+    try:  # imported lazily because it pulls in torch
+        from .native.backend import NativeBackend
+    except ImportError as exc:
+        raise BackendError(
+            f"the native backend cannot be loaded: {exc}",
+            hint="install the training extra (`pip install devserver-lora[train]`) or use --backend kohya",
+            diagnosis="native_missing",
+        ) from exc
     native_options = {k: v for k, v in options.items() if k != "kohya_dir"}
     return NativeBackend(settings, **native_options)

@@ -19,13 +19,16 @@ from __future__ import annotations
 import shlex
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
 from ..errors import TrainingError
 from ..invocation import cli_command, shown_path
 from .card import load_card
+
+if TYPE_CHECKING:
+    from .jobs import Job
 
 TRIGGER = "mgsq"
 OUTPUT_NAME = "demo_magenta"
@@ -141,7 +144,7 @@ def demo_chunk(checkpoint: str) -> dict[str, Any]:
     }
 
 
-def write_demo_config(job: Any, lora_name: str, arch: str, schemas: Path, checkpoint: str) -> tuple[str, Path]:
+def write_demo_config(job: Job, lora_name: str, arch: str, schemas: Path, checkpoint: str) -> tuple[str, Path]:
     """The demo chunk and an output config for the LoRA (from its dataset card) in a DevServer-shaped schemas
     folder, validated together before the config is written; an existing config is never replaced."""
     from ..config.chunks import chunk_json
@@ -174,7 +177,7 @@ def write_demo_config(job: Any, lora_name: str, arch: str, schemas: Path, checkp
     return name, write_output_config(config, schemas / "configs" / "output" / f"{name}.json")
 
 
-def _demo_samples(job: Any, steps: int) -> None:
+def _demo_samples(job: Job, steps: int) -> None:
     """Samples during the demo's training: two prompts at fixed seeds, four times, at the chunk's render size."""
     from .evaluate.settings import EvalPrompt, load_eval_settings, save_eval_settings
 
@@ -185,7 +188,7 @@ def _demo_samples(job: Any, steps: int) -> None:
         "cfg": RENDER["cfg"]}))
 
 
-def _evaluate(job: Any, url: str, loras: Path, chunk: Path) -> tuple[dict[str, str], float | None]:
+def _evaluate(job: Job, url: str, loras: Path, chunk: Path) -> tuple[dict[str, str], float | None]:
     """The before/after sheet through ComfyUI and the demo's own chunk (`train evaluate`, one sheet)."""
     from .evaluate.run import EvalOptions, evaluate_job
 
@@ -268,7 +271,7 @@ def next_commands(result: DemoResult, renderer: _Renderer) -> list[str]:
     return commands
 
 
-def _final_loss(job: Any) -> float | None:
+def _final_loss(job: Job) -> float | None:
     losses = [e.get("loss") for e in job.events() if e.get("type") == "progress"]
     return round(losses[-1], 3) if losses and losses[-1] is not None else None
 

@@ -19,7 +19,7 @@ import json
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
@@ -38,6 +38,9 @@ from ..paths import atomic_write_text, check_simple_name
 from .card import DatasetCard
 from .families import get_family
 
+if TYPE_CHECKING:
+    from .jobs import Job
+
 PREFIX = "devserver_lora."
 
 
@@ -52,11 +55,11 @@ class InstallResult(BaseModel):
     warnings: list[str] = Field(default_factory=list)
 
 
-def list_checkpoints(job: Any) -> list[Path]:
+def list_checkpoints(job: Job) -> list[Path]:
     return sorted(Path(job.outputs_dir).glob("*.safetensors"))
 
 
-def pick_checkpoint(job: Any, epoch: int | None = None, checkpoint: str | None = None) -> Path:
+def pick_checkpoint(job: Job, epoch: int | None = None, checkpoint: str | None = None) -> Path:
     """The final LoRA of a finished job, the checkpoint saved after `epoch`, or one named file of outputs/."""
     name = job.plan.output_name
     outputs = Path(job.outputs_dir)
@@ -94,7 +97,7 @@ def pick_checkpoint(job: Any, epoch: int | None = None, checkpoint: str | None =
 NO_CARD = "none"
 
 
-def job_card(job: Any) -> DatasetCard | None:
+def job_card(job: Job) -> DatasetCard | None:
     """The job's dataset card, or None when the job has none (jobs made before cards were required)."""
     try:
         return job.card
@@ -102,7 +105,7 @@ def job_card(job: Any) -> DatasetCard | None:
         return None
 
 
-def provenance_metadata(existing: dict[str, str], job: Any, source: Path, card: DatasetCard | None) -> dict[str, str]:
+def provenance_metadata(existing: dict[str, str], job: Job, source: Path, card: DatasetCard | None) -> dict[str, str]:
     """The header metadata of the installed copy: the trainer's own entries plus who, what and how."""
     plan = job.plan
     meta = dict(existing)
@@ -127,7 +130,7 @@ def provenance_metadata(existing: dict[str, str], job: Any, source: Path, card: 
     return meta
 
 
-def trained_arch(metadata: dict[str, str], job: Any) -> str:
+def trained_arch(metadata: dict[str, str], job: Job) -> str:
     """The model a LoRA was trained on: its own `devserver_lora.arch` label, else what the backend recorded for the
     job's base checkpoint, else the family's model."""
     return metadata.get(ARCH_KEY) or job.info.get("base_arch") or get_family(job.plan.family).arch
@@ -136,7 +139,7 @@ def trained_arch(metadata: dict[str, str], job: Any) -> str:
 _NON_ALNUM = re.compile(r"[^a-z0-9_]+")
 
 
-def default_config_name(job: Any) -> str:
+def default_config_name(job: Job) -> str:
     plan = job.plan
     base = get_family(plan.family).base_output_config
     return f"{base}_{_NON_ALNUM.sub('_', plan.output_name.lower()).strip('_')}"
@@ -169,7 +172,7 @@ def ensure_chunk(schemas_dir: Path, chunk_name: str) -> Path | None:
     return written
 
 
-def provenance(job: Any, card: DatasetCard | None, lora_file: str, base_model: str) -> dict[str, Any]:
+def provenance(job: Job, card: DatasetCard | None, lora_file: str, base_model: str) -> dict[str, Any]:
     """`meta.provenance` of the config: this LoRA's dataset card and how it was made, nothing of any other LoRA."""
     plan = job.plan
     out: dict[str, Any] = {"lora_file": lora_file, "trained_on": base_model, "job_id": job.id,
@@ -184,7 +187,7 @@ def provenance(job: Any, card: DatasetCard | None, lora_file: str, base_model: s
 
 
 def write_config(
-    job: Any,
+    job: Job,
     lora_file: str,
     *,
     schemas_dir: Path,
@@ -224,7 +227,7 @@ def write_config(
 
 
 def install_job(
-    job: Any,
+    job: Job,
     *,
     loras_dir: Path | None,
     schemas_dir: Path | None,

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ..console import err, out
 from . import runner
+
+if TYPE_CHECKING:
+    from .jobs import Job
 
 
 def describe_event(event: dict[str, Any]) -> str | None:
@@ -42,7 +45,7 @@ def phase_of(event: dict[str, Any]) -> str | None:
     return None
 
 
-def show_follow(job: Any, *, timeout_s: float, poll_s: float = 0.5, replay: bool = True) -> str:
+def show_follow(job: Job, *, timeout_s: float, poll_s: float = 0.5, replay: bool = True) -> str:
     """Rich progress bar driven by the job's events until it ends (Ctrl-C detaches; training goes on).
 
     Until the first step the bar names the phase (starting, encoding the images, ...) instead of a bare `0/?`."""

@@ -23,12 +23,17 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 from ..errors import BackendError, DevserverLoraError, JobError
 from ..invocation import python
 from ..paths import atomic_write_json
-from .events import ErrorEvent, StateEvent
+from .events import ErrorEvent, JobState, StateEvent
+
+if TYPE_CHECKING:  # jobs and settings load lazily here (the worker imports them when it starts)
+    from .jobs import Job
+    from .settings import Settings
 
 RUNNER_MODULE = "devserver_lora.train.runner"
 FINAL_STATES = ("done", "failed", "cancelled")
@@ -59,14 +64,14 @@ def pid_alive(pid: int | None, *, marker: str | None = None) -> bool:
     return True
 
 
-def runner_alive(job: Any) -> bool:
+def runner_alive(job: Job) -> bool:
     info = job.info
     return pid_alive(info.get("pid"), marker=RUNNER_MODULE)
 
 
 def start(
-    job: Any,
-    settings: Any,
+    job: Job,
+    settings: Settings,
     *,
     backend: str = "auto",
     resume: bool = False,
@@ -85,8 +90,7 @@ def start(
     if resume and state == "created":
         raise JobError(f"job {job.id} never ran, so there is nothing to resume", hint=f"use `run {job.id}`")
     settings_path = job.work_dir / "runner_settings.json"
-    dump = settings.model_dump(mode="json") if hasattr(settings, "model_dump") else dict(settings)
-    atomic_write_json(settings_path, dump)
+    atomic_write_json(settings_path, settings.model_dump(mode="json"))
     argv = [python or sys.executable, "-m", RUNNER_MODULE, "--job-dir", str(job.dir), "--backend", backend,
             "--settings", str(settings_path), "--num-processes", str(num_processes)]
     if resume:
@@ -114,11 +118,11 @@ def start(
 _REAPERS: list[subprocess.Popen] = []
 
 
-def _append_state(job: Any, state: str, message: str = "") -> None:
+def _append_state(job: Job, state: JobState, message: str = "") -> None:
     job.append_event(StateEvent(state=state, message=message))
 
 
-def run_worker(job: Any, settings: Any, *, backend: str, resume: bool, num_processes: int = 1,
+def run_worker(job: Job, settings: Settings, *, backend: str, resume: bool, num_processes: int = 1,
                stop: threading.Event | None = None) -> int:
     """The worker body (also usable in-process): run the backend (the loss plot is redrawn meanwhile), write the
     job's report, then record the outcome. The report comes first so that whoever sees the final state finds it."""
@@ -136,12 +140,12 @@ def run_worker(job: Any, settings: Any, *, backend: str, resume: bool, num_proce
 @dataclass
 class _Outcome:
     code: int
-    state: str
+    state: JobState
     info: dict[str, Any]
     event_message: str
 
 
-def _run_backend(job: Any, settings: Any, *, backend: str, resume: bool, num_processes: int,
+def _run_backend(job: Job, settings: Settings, *, backend: str, resume: bool, num_processes: int,
                  stop: threading.Event | None) -> _Outcome:
     from .backends import get_backend
 
@@ -167,16 +171,15 @@ def _run_backend(job: Any, settings: Any, *, backend: str, resume: bool, num_pro
     return _Outcome(0, "done", {"lora_path": str(path), "message": trained, "diagnosis": None}, trained)
 
 
-def _failure(job: Any, exc: Exception, *, diagnosis: str | None) -> _Outcome:
-    message = getattr(exc, "message", str(exc))
-    hint = getattr(exc, "hint", None)
+def _failure(job: Job, exc: Exception, *, diagnosis: str | None) -> _Outcome:
+    message, hint = (exc.message, exc.hint) if isinstance(exc, DevserverLoraError) else (str(exc), None)
     last = job.events()[-3:]
     if not any(e.get("type") == "error" and e.get("message") == message for e in last):
         job.append_event(ErrorEvent(diagnosis=diagnosis, message=message, hint=hint))
     return _Outcome(1, "failed", {"message": message, "hint": hint, "diagnosis": diagnosis}, message)
 
 
-def _load_job(job_dir: Path) -> Any:
+def _load_job(job_dir: Path) -> Job:
     from .jobs import JobStore
 
     return JobStore(job_dir.parent).get(job_dir.name)
@@ -196,7 +199,7 @@ def worker_main(argv: list[str] | None = None) -> int:
     settings = Settings.model_validate(json.loads(args.settings.read_text(encoding="utf-8")))
     stop = threading.Event()
 
-    def _on_signal(signum: int, _frame: Any) -> None:
+    def _on_signal(signum: int, _frame: FrameType | None) -> None:
         stop.set()
 
     signal.signal(signal.SIGTERM, _on_signal)
@@ -224,7 +227,7 @@ def _signal_group(pgid: int | None, sig: int, *, marker: str | None = None) -> b
         return False
 
 
-def cancel(job: Any, *, grace_s: float = 30.0, poll_s: float = 0.2) -> str:
+def cancel(job: Job, *, grace_s: float = 30.0, poll_s: float = 0.2) -> str:
     """Stop a running job: SIGTERM to the worker (which stops the trainer cleanly), SIGKILL after `grace_s`."""
     info = job.info
     state = info.get("state")
@@ -255,7 +258,7 @@ def cancel(job: Any, *, grace_s: float = 30.0, poll_s: float = 0.2) -> str:
     return job.state
 
 
-def reconcile(job: Any) -> str:
+def reconcile(job: Job) -> str:
     """A job that says "running" while its worker is gone crashed: record that (so `resume` can continue)."""
     info = job.info
     if info.get("state") == "running" and info.get("pid") and not runner_alive(job):
@@ -271,7 +274,7 @@ def reconcile(job: Any) -> str:
 
 
 def follow(
-    job: Any,
+    job: Job,
     on_event: Callable[[dict], None],
     *,
     timeout_s: float = 7 * 24 * 3600.0,
@@ -300,7 +303,7 @@ def follow(
         time.sleep(poll_s)
 
 
-def wait(job: Any, *, timeout_s: float, poll_s: float = 0.1) -> str:
+def wait(job: Job, *, timeout_s: float, poll_s: float = 0.1) -> str:
     return follow(job, lambda _e: None, timeout_s=timeout_s, poll_s=poll_s, replay=False)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ...console import err, out, print_json
 from ...invocation import train_command
@@ -12,6 +12,10 @@ from .. import runner
 from ..backends import BACKEND_NAMES
 from ..progress_view import describe_event, show_follow
 from .check_cmds import add_location_flags, settings_from
+
+if TYPE_CHECKING:
+    from ..jobs import Job
+    from ..settings import Settings
 
 
 def _store(settings):
@@ -66,7 +70,7 @@ def _cmd_run(args: argparse.Namespace, *, resume: bool = False) -> int:
     return 0 if state in ("done", "running") else 1
 
 
-def _refused_by_preflight(job: Any, settings: Any, args: argparse.Namespace) -> bool:
+def _refused_by_preflight(job: Job, settings: Settings, args: argparse.Namespace) -> bool:
     """Check the chosen backend's setup in the foreground, so a student sees every blocker at once, before anything
     starts (a detached worker that fails a second later is easy to miss)."""
     from ..backends import get_backend
