@@ -13,14 +13,21 @@ import math
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...errors import BackendError, Problem
-from ..events import CheckpointEvent, DoneEvent, ErrorEvent, LogEvent, ProgressEvent
+from ..events import CheckpointEvent, DoneEvent, ErrorEvent, LogEvent, LogLevel, ProgressEvent
 from ..plan import backend_support_problems
 from . import models
 from .launch import LaunchSpec, multiprocess_problems, run_launched
 from .models import ModelSource
+
+if TYPE_CHECKING:  # the loop pulls in torch: imported when training starts
+    from ..card import DatasetCard
+    from ..jobs import Job
+    from ..plan import TrainingPlan
+    from ..settings import Settings
+    from .loop import LoraTrainer, StepReport
 
 MODEL_FILE = "model.json"
 STATE_FILE = "native_state.pt"
@@ -30,7 +37,7 @@ NATIVE_FAMILIES = ("sd35_large", "sd35_medium")
 class NativeBackend:
     name = "native"
 
-    def __init__(self, settings: Any = None, *, source: ModelSource | None = None, device: str | None = None,
+    def __init__(self, settings: Settings | None = None, *, source: ModelSource | None = None, device: str | None = None,
                  export_format: str = "kohya", progress_interval_s: float = 0.5, num_processes: int = 1,
                  grace_s: float = 30.0) -> None:
         self.settings = settings
@@ -42,16 +49,16 @@ class NativeBackend:
         self.progress_interval_s = progress_interval_s
 
     # --- where the model is -------------------------------------------------------------
-    def model_source(self, job: Any) -> ModelSource:
+    def model_source(self, job: Job) -> ModelSource:
         if self.source is not None:
             return self.source
         model_file = job.dir / MODEL_FILE
         if model_file.is_file():
             return ModelSource.model_validate(job.read_json(MODEL_FILE))
-        return models.resolve_source(job.plan.family, getattr(self.settings, "models_dir", None))
+        return models.resolve_source(job.plan.family, self.settings.models_dir if self.settings else None)
 
     # --- Backend protocol ---------------------------------------------------------------
-    def preflight(self, job: Any) -> list[Problem]:
+    def preflight(self, job: Job) -> list[Problem]:
         plan = job.plan
         problems: list[Problem] = []
         if plan.family not in NATIVE_FAMILIES:
@@ -107,11 +114,11 @@ class NativeBackend:
 
     def launch_spec(self) -> LaunchSpec:
         """What each launched process rebuilds this backend from."""
-        settings = self.settings.model_dump(mode="json") if hasattr(self.settings, "model_dump") else None
+        settings = self.settings.model_dump(mode="json") if self.settings is not None else None
         return LaunchSpec(settings=settings, source=self.source, device=self.device,
                           export_format=self.export_format, progress_interval_s=self.progress_interval_s)
 
-    def check_preflight(self, job: Any) -> None:
+    def check_preflight(self, job: Job) -> None:
         """Raise BackendError on the first preflight error (warnings pass)."""
         blocking = [p for p in self.preflight(job) if p.severity == "error"]
         if blocking:
@@ -121,7 +128,7 @@ class NativeBackend:
                 diagnosis=blocking[0].code,
             )
 
-    def run(self, job: Any, *, resume: bool = False, stop: threading.Event | None = None) -> Path:
+    def run(self, job: Job, *, resume: bool = False, stop: threading.Event | None = None) -> Path:
         if self.num_processes > 1:
             return run_launched(self.launch_spec(), self.check_preflight, job, num_processes=self.num_processes,
                                 resume=resume, stop=stop, grace_s=self.grace_s)
@@ -147,7 +154,7 @@ class NativeBackend:
             raise err from exc
 
     # --- the work ----------------------------------------------------------------------
-    def _run(self, job: Any, *, resume: bool, stop: threading.Event | None) -> Path:
+    def _run(self, job: Job, *, resume: bool, stop: threading.Event | None) -> Path:
         import torch
         from accelerate import PartialState
 
@@ -195,7 +202,7 @@ class NativeBackend:
         transformer = models.load_transformer(source, info, dtype=dtype).to(device)
         settings = LoopSettings.from_plan(plan)
 
-        def log(level: str, message: str) -> None:
+        def log(level: LogLevel, message: str) -> None:
             job.append_event(LogEvent(level=level, message=message))
 
         trainer = LoraTrainer(transformer, caches, settings, log=log)
@@ -223,7 +230,7 @@ class NativeBackend:
         if sampler is not None and trainer.step == 0 and sampler.due(0):
             sampler.render(trainer.accelerator.unwrap_model(trainer.model), 0, autocast=trainer.accelerator.autocast)
 
-        def on_step(r: Any) -> None:
+        def on_step(r: StepReport) -> None:
             nonlocal last_emit
             if not main:
                 return
@@ -271,7 +278,7 @@ class NativeBackend:
         return final
 
     @staticmethod
-    def _sampler(job: Any, config: dict[str, Any], load_vae: Any, load_tes: Any, device: Any, dtype: Any) -> Any:
+    def _sampler(job: Job, config: dict[str, Any], load_vae: Any, load_tes: Any, device: Any, dtype: Any) -> Any:
         """The in-process sampler for the job's sample prompts, or None when the job samples nothing."""
         from ..evaluate.settings import load_eval_settings
         from .sampling import NativeSampler
@@ -311,8 +318,9 @@ def _model_id(source: ModelSource) -> str:
 class _Exporter:
     """Writes LoRA files from the trainer's current weights, in the chosen key layout, with metadata."""
 
-    def __init__(self, job: Any, plan: Any, trainer: Any, info: models.SourceInfo, fmt: str) -> None:
+    def __init__(self, job: Job, plan: TrainingPlan, trainer: LoraTrainer, info: models.SourceInfo, fmt: str) -> None:
         self.job, self.plan, self.trainer, self.info, self.fmt = job, plan, trainer, info, fmt
+        self.card: DatasetCard | None
         try:
             self.card = job.card
         except Exception:  # a job without a card cannot exist via JobStore.create; tolerate it for direct use

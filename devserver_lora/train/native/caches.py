@@ -94,8 +94,8 @@ def load_image(path: Path, resolution: int) -> torch.Tensor:
     import numpy as np
     from PIL import Image
 
-    with Image.open(path) as img:
-        img = img.convert("RGB")
+    with Image.open(path) as opened:
+        img = opened.convert("RGB")
         w, h = img.size
         scale = resolution / min(w, h)
         img = img.resize((max(resolution, round(w * scale)), max(resolution, round(h * scale))), Image.Resampling.LANCZOS)
@@ -110,7 +110,7 @@ def load_image(path: Path, resolution: int) -> torch.Tensor:
 def encode_latents(vae: Any, images: torch.Tensor, *, device: Any, batch: int = 4) -> torch.Tensor:
     """VAE posterior means, shifted and scaled as SD3 expects (the mean: deterministic and cache-friendly)."""
     cfg = vae.config
-    shift = getattr(cfg, "shift_factor", None) or 0.0
+    shift = getattr(cfg, "shift_factor", None) or 0.0  # a VAE config varies: SD3's has it, SD1.5/SDXL's do not
     scale = cfg.scaling_factor
     dtype = next(vae.parameters()).dtype
     out = []

@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -29,6 +29,9 @@ from ...errors import BackendError, Problem
 from ...paths import atomic_write_json
 from ..events import ErrorEvent
 from .models import ModelSource
+
+if TYPE_CHECKING:
+    from ..jobs import Job
 
 LAUNCH_MODULE = "devserver_lora.train.native.rank"
 ALLOW_CPU_ENV = "DEVSERVER_LORA_ALLOW_CPU_MULTIPROCESS"
@@ -118,7 +121,7 @@ def _wait(proc: subprocess.Popen, timeout_s: float) -> bool:
         return False
 
 
-def run_launched(spec: LaunchSpec, preflight: Callable[[Any], None], job: Any, *, num_processes: int,
+def run_launched(spec: LaunchSpec, preflight: Callable[[Job], None], job: Job, *, num_processes: int,
                  resume: bool = False, stop: threading.Event | None = None, grace_s: float = 30.0,
                  poll_s: float = 0.2, python: str | None = None) -> Path:
     """Train `job` in `num_processes` launched processes; returns the final LoRA or raises BackendError.
@@ -176,7 +179,7 @@ def _stop_child(proc: subprocess.Popen, stop_file: Path, *, grace_s: float) -> N
     _wait(proc, 10.0)
 
 
-def _outcome(job: Any, returncode: int | None, *, stopped: bool) -> Path:
+def _outcome(job: Job, returncode: int | None, *, stopped: bool) -> Path:
     result_path = job.work_dir / RESULT_FILE
     result: dict[str, Any] | None = None
     if result_path.is_file():

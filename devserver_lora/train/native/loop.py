@@ -22,10 +22,11 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from ...errors import BackendError
 from ...paths import publish_path
-from ..plan import SCHEDULERS
+from ..events import LogLevel
+from ..plan import SCHEDULERS, TrainingPlan
 from .caches import Caches
 from .lora_export import TRAINABLE_MODULES
-from .objective import flow_loss, noisy_input, sample_sigmas, timesteps_for
+from .objective import WeightingScheme, flow_loss, noisy_input, sample_sigmas, timesteps_for
 
 STATE_VERSION = 1
 
@@ -43,7 +44,7 @@ class LoopSettings:
     lr_scheduler: str = "constant"
     lr_warmup_steps: int = 0
     seed: int = 42
-    weighting_scheme: str = "logit_normal"
+    weighting_scheme: WeightingScheme = "logit_normal"
     logit_mean: float = 0.0
     logit_std: float = 1.0
     mode_scale: float = 1.29
@@ -57,7 +58,7 @@ class LoopSettings:
     max_grad_norm: float = 1.0
 
     @classmethod
-    def from_plan(cls, plan: Any) -> LoopSettings:
+    def from_plan(cls, plan: TrainingPlan) -> LoopSettings:
         h = plan.hyper
         return cls(
             total_steps=h.max_train_steps,
@@ -101,7 +102,7 @@ class StepReport:
 def lora_target_modules(transformer: torch.nn.Module) -> list[str]:
     """Full names of the Linear layers a LoRA trains: every mappable layer of every block, except the last
     block's context side beyond q/k/v (pre_only in the MMDiT, so ComfyUI could not load it)."""
-    depth = len(transformer.transformer_blocks)
+    depth = len(list(transformer.get_submodule("transformer_blocks").children()))
     names = []
     for name, module in transformer.named_modules():
         if not name.startswith("transformer_blocks.") or not isinstance(module, torch.nn.Linear):
@@ -133,7 +134,7 @@ class LoraTrainer:
     """Adds a peft LoRA to `transformer` and trains it on `caches`."""
 
     def __init__(self, transformer: Any, caches: Caches, settings: LoopSettings, *, accelerator: Any = None,
-                 log: Callable[[str, str], None] | None = None) -> None:
+                 log: Callable[[LogLevel, str], None] | None = None) -> None:
         from accelerate import Accelerator
         from peft import LoraConfig
 
@@ -149,7 +150,9 @@ class LoraTrainer:
         # peft initialises lora_A from the global RNG: seed it so the same plan gives the same LoRA.
         torch.manual_seed(settings.seed)
         transformer.add_adapter(
-            LoraConfig(r=settings.rank, lora_alpha=settings.alpha, target_modules=self.targets, init_lora_weights=True)
+            # peft annotates lora_alpha as int, but scales by alpha / r with any number; Kohya's alpha is a float.
+            LoraConfig(r=settings.rank, lora_alpha=settings.alpha,  # type: ignore[arg-type]
+                       target_modules=self.targets, init_lora_weights=True)
         )
         self.params = [p for p in transformer.parameters() if p.requires_grad]
         for p in self.params:
@@ -340,8 +343,9 @@ class LoraTrainer:
                 diagnosis="resume_mismatch",
             )
         model = self.accelerator.unwrap_model(self.model)
-        result = set_peft_model_state_dict(model, state["lora"])
-        if getattr(result, "unexpected_keys", None):
+        # torch's load_state_dict result, passed through (peft annotates it as a bare `namedtuple`).
+        result: Any = set_peft_model_state_dict(model, state["lora"])
+        if result.unexpected_keys:
             raise BackendError("the saved LoRA state has unexpected keys", diagnosis="resume_mismatch")
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])

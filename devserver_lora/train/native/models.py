@@ -181,8 +181,8 @@ def inspect_source(source: ModelSource, *, family: str | None = None) -> SourceI
         if not cfg_path.is_file():
             raise BackendError(f"{root} is not a diffusers SD3 folder (no transformer/config.json)", diagnosis="model_missing")
         config = json.loads(cfg_path.read_text(encoding="utf-8"))
-        tes = {name: str(root / sub) for name, sub in (("clip_l", "text_encoder"), ("clip_g", "text_encoder_2"), ("t5xxl", "text_encoder_3")) if (root / sub).is_dir()}
-        return SourceInfo(config, {}, detect_family(config), (root / "vae").is_dir(), tes)
+        folders = {name: str(root / sub) for name, sub in (("clip_l", "text_encoder"), ("clip_g", "text_encoder_2"), ("t5xxl", "text_encoder_3")) if (root / sub).is_dir()}
+        return SourceInfo(config, {}, detect_family(config), (root / "vae").is_dir(), folders)
     if source.checkpoint is None:
         raise BackendError("the model source names neither a checkpoint nor a diffusers folder", diagnosis="model_missing")
     header = tensor_shapes(Path(source.checkpoint), what="base checkpoint")
@@ -205,8 +205,7 @@ def inspect_source(source: ModelSource, *, family: str | None = None) -> SourceI
     for name, prefix in EMBEDDED_TE_PREFIX.items():
         if any(k.startswith(prefix) for k in header):
             tes[name] = "embedded"
-    for name in ("clip_l", "clip_g", "t5xxl"):
-        path = getattr(source, name)
+    for name, path in (("clip_l", source.clip_l), ("clip_g", source.clip_g), ("t5xxl", source.t5xxl)):
         if path is None:
             continue
         te_header = tensor_shapes(Path(path), what=f"{name} text encoder")
@@ -221,7 +220,7 @@ def trained_arch(info: SourceInfo) -> str:
     encoders = tuple(e for e in ("clip_l", "clip_g", "t5xxl") if e in info.text_encoders) or ("clip_l", "clip_g", "t5xxl")
     spec = ArchSpec.sd3(
         int(cfg["num_layers"]), attn2_blocks=cfg.get("dual_attention_layers") or (), qk_norm=bool(cfg.get("qk_norm")),
-        text_encoders=encoders,  # type: ignore[arg-type]
+        text_encoders=encoders,
     )
     return arch_name(spec)
 
@@ -254,6 +253,13 @@ def load_tensors(path: Path, prefix: str, *, dtype: Any = None) -> dict[str, Any
     return out
 
 
+def _checkpoint(source: ModelSource) -> Path:
+    """The single-file checkpoint a load without a diffusers folder reads (inspect_source refused a source with neither)."""
+    if source.checkpoint is None:
+        raise BackendError("the model source names neither a checkpoint nor a diffusers folder", diagnosis="model_missing")
+    return Path(source.checkpoint)
+
+
 def load_transformer(source: ModelSource, info: SourceInfo, *, dtype: Any) -> Any:
     """diffusers' SD3Transformer2DModel with the base weights, converted by diffusers' own SAI converter."""
     from diffusers import SD3Transformer2DModel
@@ -263,7 +269,7 @@ def load_transformer(source: ModelSource, info: SourceInfo, *, dtype: Any) -> An
         return SD3Transformer2DModel.from_pretrained(
             Path(source.diffusers_dir) / "transformer", local_files_only=True, torch_dtype=dtype
         )
-    state = load_tensors(Path(source.checkpoint), MMDIT_PREFIX, dtype=dtype)
+    state = load_tensors(_checkpoint(source), MMDIT_PREFIX, dtype=dtype)
     converted = convert_sd3_transformer_checkpoint_to_diffusers(state)
     model = SD3Transformer2DModel.from_config(info.transformer_config)
     _load_strict(model, converted, what=f"transformer from {source.checkpoint}")
@@ -278,7 +284,7 @@ def load_vae(source: ModelSource, *, dtype: Any) -> Any:
     if source.diffusers_dir is not None:
         return AutoencoderKL.from_pretrained(Path(source.diffusers_dir) / "vae", local_files_only=True, torch_dtype=dtype)
     config = shipped_config("sd3_vae")
-    state = load_tensors(Path(source.checkpoint), VAE_PREFIX, dtype=dtype)
+    state = load_tensors(_checkpoint(source), VAE_PREFIX, dtype=dtype)
     if not state:
         raise BackendError(
             f"{source.checkpoint} has no VAE (first_stage_model.*)",
@@ -293,18 +299,19 @@ def load_vae(source: ModelSource, *, dtype: Any) -> Any:
 
 def load_text_encoder(name: str, where: str, source: ModelSource, *, dtype: Any) -> Any:
     """CLIP-L/CLIP-G (with projection) or the T5-XXL encoder, from a folder, a separate file or the checkpoint."""
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, PreTrainedModel, T5Config, T5EncoderModel
 
     is_t5 = name == "t5xxl"
     cls = T5EncoderModel if is_t5 else CLIPTextModelWithProjection
     if Path(where).is_dir():
         return cls.from_pretrained(where, local_files_only=True, torch_dtype=dtype)
     if where == "embedded":
-        state = load_tensors(Path(source.checkpoint), EMBEDDED_TE_PREFIX[name], dtype=dtype)
+        state = load_tensors(_checkpoint(source), EMBEDDED_TE_PREFIX[name], dtype=dtype)
     else:
         state = load_tensors(Path(where), "", dtype=dtype)
     cfg = shipped_config(name)
     cfg = {k: v for k, v in cfg.items() if k not in ("architectures", "model_type")}
+    model: PreTrainedModel
     if is_t5:
         model = T5EncoderModel(T5Config(**cfg))
         if "shared.weight" in state and "encoder.embed_tokens.weight" not in state:
@@ -410,7 +417,8 @@ def load_tokenizer(kind: str, source: ModelSource) -> Any:
             diagnosis="tokenizer_missing",
         )
     if kind == "t5xxl":
-        from transformers import T5TokenizerFast
+        # A class in transformers 4, a lazy alias of T5Tokenizer in 5 that type checkers cannot see.
+        from transformers import T5TokenizerFast  # type: ignore[attr-defined, unused-ignore]
 
         return T5TokenizerFast.from_pretrained(str(d), local_files_only=True)
     from transformers import CLIPTokenizer

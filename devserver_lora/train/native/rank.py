@@ -19,6 +19,8 @@ from typing import Any
 from ...errors import BackendError
 from ...invocation import python
 from ...paths import atomic_write_json
+from ..events import Event, event_to_dict
+from ..jobs import Job, JobStore
 from .launch import LAUNCH_MODULE, RESULT_FILE, SPEC_FILE, STOP_FILE, LaunchSpec
 
 
@@ -33,20 +35,18 @@ class _StopFile(threading.Event):
         return super().is_set() or self.path.exists()
 
 
-class _RankJob:
-    """The job as a non-main rank sees it: readable, but its events are the main rank's to write."""
+class _RankJob(Job):
+    """The job as a non-main rank sees it: the same folder, readable, but its events and state are the main
+    rank's to write (a rank's append_event and set_state write nothing)."""
 
-    def __init__(self, job: Any) -> None:
-        self._job = job
+    def __init__(self, job: Job) -> None:
+        super().__init__(job.dir.parent, job.id)
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._job, name)
+    def append_event(self, event: Event | dict[str, Any]) -> dict[str, Any]:
+        return event_to_dict(event)
 
-    def append_event(self, event: Any) -> None:
-        return None
-
-    def set_state(self, *_args: Any, **_info: Any) -> None:
-        return None
+    def set_state(self, state: str, **info: Any) -> dict[str, Any]:
+        return {**info, "state": state}
 
 
 def _die_with_parent(poll_s: float = 0.5) -> None:
@@ -62,7 +62,7 @@ def _die_with_parent(poll_s: float = 0.5) -> None:
     threading.Thread(target=watch, name="die-with-launcher", daemon=True).start()
 
 
-def _write_result(job: Any, **result: Any) -> None:
+def _write_result(job: Job, **result: Any) -> None:
     atomic_write_json(job.work_dir / RESULT_FILE, result)
 
 
@@ -75,7 +75,6 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from accelerate import PartialState
 
-    from ..jobs import JobStore
     from .backend import NativeBackend
 
     _die_with_parent()

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..evaluate.samples import publish_sample, sample_failed
 from ..evaluate.settings import EvalSettings
+
+if TYPE_CHECKING:
+    from ..jobs import Job
 
 
 @dataclass
@@ -29,7 +32,7 @@ class _Encoded:
 class NativeSampler:
     """Renders the job's sample prompts with the current LoRA at the steps the eval settings ask for."""
 
-    def __init__(self, job: Any, settings: EvalSettings, *, load_vae: Callable[[], Any],
+    def __init__(self, job: Job, settings: EvalSettings, *, load_vae: Callable[[], Any],
                  load_text_encoders: Callable[[], list[Any]], joint_dim: int, pooled_dim: int, shift: float,
                  device: Any, dtype: Any) -> None:
         self.job, self.settings = job, settings
