@@ -141,3 +141,13 @@ def test_every_recorded_refusal_says_what_to_do(name: str) -> None:
     assert info.value.hint and "\n  -> " in str(info.value)
     if "missing_lora" in name:
         assert "devserver_lora.train install" in info.value.hint  # a command that exists
+
+
+def test_a_refusal_without_an_error_object_still_reads() -> None:
+    # The parser only hands it bodies with an "error", but validation_error is a public function of its own:
+    # a body without "error", or with a non-object one, gets the generic head, not an AttributeError on None.
+    from devserver_lora.comfy.protocol import validation_error
+
+    for body in ({}, {"error": None, "node_errors": []}, {"error": 7}):
+        err = validation_error(body)
+        assert str(err).startswith("ComfyUI refused the graph: invalid prompt") and err.node_errors == {}
