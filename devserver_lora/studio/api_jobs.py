@@ -27,13 +27,13 @@ from ..train.kohya.venv import blockers
 from ..train.plan import make_plan
 from .config import StudioConfig
 from .identity import is_teacher, may_see, require_user
+from .index import is_queued
 from .plans import PlanRequest, parse_plan_request, plan_for
-from .queue import is_queued
 from .ranges import override_problems
 from .replies import StudioRefusal, field, fields_from_problems, refusal_from
 from .sse import stream
 from .state import Studio
-from .views import file_url, job_view
+from .views import cached_view, file_url, forget_view, job_view
 
 FILE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp",
               ".html": "text/html", ".json": "application/json", ".txt": "text/plain", ".jsonl": "application/json"}
@@ -108,13 +108,11 @@ def register(bp: Blueprint, studio: Studio) -> None:
     def list_jobs() -> Any:
         user = require_user(config)
         entries = index.refresh(max_age_s=config.list_max_age_s)
+        queue = list(index.queue_ids)
         everyone = is_teacher(config, user) and request.args.get("all", "1") != "0"
-        queue = [e.job.id for e in sorted((e for e in entries if is_queued(e.info)),
-                                          key=lambda e: (e.info["queued_at"], e.job.id))]
+        shown = entries if everyone else index.by_owner.get(user, [])
         base = request.script_root
-        jobs = [job_view(config, e, queue, base) for e in entries
-                if (everyone and may_see(config, user, e.info.get("owner"))) or e.info.get("owner") == user]
-        return jsonify({"jobs": jobs, "queue": queue})
+        return jsonify({"jobs": [cached_view(config, e, queue, base) for e in shown], "queue": queue})
 
     @bp.get("/api/lora/jobs/<job_id>")
     def show_job(job_id: str) -> Any:
@@ -263,6 +261,7 @@ def register(bp: Blueprint, studio: Studio) -> None:
                                  config_name=body.get("config_name"))
         except DevserverLoraError as exc:
             raise refusal_from(exc, prefix="") from None
+        forget_view(index.entry(job))
         config_body = None
         if result.config_path:
             import json

@@ -37,11 +37,11 @@ from ..train.presets import get_preset
 from .api_jobs import check_can_start, pin_model
 from .datasets import dataset_dir, receive, remove_dataset
 from .identity import current_user
-from .index import Entry
+from .index import Entry, is_queued
 from .plans import PlanRequest, plan_for
-from .queue import is_queued
 from .replies import StudioRefusal
 from .state import Studio
+from .views import forget_view
 
 FAMILY = "sd35_large"
 PRESET = "fotostudio"
@@ -285,6 +285,7 @@ def register(bp: Blueprint, studio: Studio) -> None:
             install_job(job, loras_dir=config.loras_dir, schemas_dir=None)
         except DevserverLoraError as exc:
             job.set_state("done", install_error=exc.message)
+        forget_view(index.entry(job))
 
     def _events() -> Iterator[str]:
         import json

@@ -22,6 +22,14 @@ from ..errors import JobError
 from ..train.jobs import EVENTS_FILE, JOB_FILE, Job, JobStore
 from ..train.runner import FINAL_STATES
 
+# A queued job (queue.py) carries `queued_at` in job.json; its state is what it was (a resume waits as failed/cancelled).
+QUEUED_AT = "queued_at"
+WAITING_STATES = ("created", "failed", "cancelled")
+
+
+def is_queued(info: dict[str, Any]) -> bool:
+    return info.get(QUEUED_AT) is not None and info.get("state") in WAITING_STATES
+
 
 @dataclass
 class Digest:
@@ -56,6 +64,9 @@ class Entry:
     stamp: tuple[int, int]
     events_stamp: tuple[int, int] = (0, 0)
     digest: Digest = field(default_factory=Digest)
+    # The last JobView built from this entry and what it was built from (views.cached_view).
+    view: dict[str, Any] | None = None
+    view_key: tuple[Any, ...] | None = None
 
 
 def _stamp(path: str | Path) -> tuple[int, int] | None:
@@ -73,6 +84,9 @@ class JobIndex:
         self._lock = threading.Lock()
         self._scanned_at = 0.0
         self._sorted: list[Entry] = []
+        # Derived once per scan, for the list route: the queue's order and each owner's entries.
+        self.queue_ids: list[str] = []
+        self.by_owner: dict[str | None, list[Entry]] = {}
 
     def invalidate(self) -> None:
         self._scanned_at = 0.0
@@ -112,6 +126,12 @@ class JobIndex:
                 seen[d.name] = entry
             self._entries = seen
             self._sorted = sorted(seen.values(), key=lambda e: (e.info.get("created") or 0, e.job.id), reverse=True)
+            waiting = [e for e in self._sorted if is_queued(e.info)]
+            self.queue_ids = [e.job.id for e in sorted(waiting, key=lambda e: (e.info[QUEUED_AT], e.job.id))]
+            by_owner: dict[str | None, list[Entry]] = {}
+            for e in self._sorted:
+                by_owner.setdefault(e.info.get("owner"), []).append(e)
+            self.by_owner = by_owner
             self._scanned_at = time.monotonic()
             return list(self._sorted)
 

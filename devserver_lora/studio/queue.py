@@ -24,16 +24,10 @@ from ..train import runner
 from ..train.events import ErrorEvent, LogEvent
 from ..train.jobs import Job
 from .config import StudioConfig
-from .index import Entry, JobIndex
+from .index import QUEUED_AT, Entry, JobIndex, is_queued
 
-QUEUED_AT = "queued_at"
 LOCK_FILE = ".studio-queue.lock"
-WAITING_STATES = ("created", "failed", "cancelled")
 log = logging.getLogger(__name__)
-
-
-def is_queued(info: dict[str, Any]) -> bool:
-    return info.get(QUEUED_AT) is not None and info.get("state") in WAITING_STATES
 
 
 def queue_order(entries: list[Entry]) -> list[Entry]:

@@ -10,8 +10,7 @@ from ..invocation import TRAIN_MODULE
 from ..train.evaluate.lossplot import LOSS_PLOT_FILE
 from ..train.evaluate.report import INSTALL_FILE, REPORT_HTML
 from .config import StudioConfig
-from .index import Entry
-from .queue import is_queued
+from .index import Entry, is_queued
 
 
 def run_argv(config: StudioConfig, job_id: str, backend: str | None, *, resume: bool = False) -> list[str]:
@@ -82,3 +81,17 @@ def job_view(config: StudioConfig, entry: Entry, queue: list[str], base: str) ->
         "loss_plot_url": file_url(base, job.id, LOSS_PLOT_FILE) if (job.dir / LOSS_PLOT_FILE).is_file() else None,
         "command": shlex.join(run_argv(config, job.id, backend, resume=state in ("failed", "cancelled"))),
     }
+
+
+def cached_view(config: StudioConfig, entry: Entry, queue: list[str], base: str) -> dict[str, Any]:
+    """`job_view`, rebuilt only when job.json, events.jsonl, the queue position or the URL base changed: a list of a
+    thousand mostly finished jobs is then mostly reused (install and report clear it: `forget_view`)."""
+    position = queue.index(entry.job.id) if entry.job.id in queue else None
+    key = (entry.stamp, entry.events_stamp, position, base)
+    if entry.view is None or entry.view_key != key:
+        entry.view, entry.view_key = job_view(config, entry, queue, base), key
+    return entry.view
+
+
+def forget_view(entry: Entry) -> None:
+    entry.view = entry.view_key = None
