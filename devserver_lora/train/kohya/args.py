@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import tomli_w
 
@@ -30,6 +30,9 @@ from ...invocation import train_command
 from ..families import Family, get_family
 from .flags import SD3_IGNORED_FLAGS, check_dataset_config, sd3_flags
 from .models import ModelFiles, checkpoint_depth
+
+if TYPE_CHECKING:
+    from ..plan import Hyperparameters, TrainingPlan
 
 _REPEAT_DIR = re.compile(r"^(\d+)_(.+)$")
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
@@ -89,7 +92,7 @@ def find_subsets(dataset_dir: Path) -> list[Subset]:
     return subsets
 
 
-def dataset_config(plan: Any) -> dict:
+def dataset_config(plan: TrainingPlan) -> dict:
     """The `--dataset_config` document for the plan's dataset: one dataset, one subset per repeat folder."""
     h = plan.hyper
     general: dict[str, Any] = {
@@ -121,8 +124,8 @@ def dataset_config(plan: Any) -> dict:
     return {"general": general, "datasets": [dataset]}
 
 
-def _shift(h: Any, fam: Family) -> float:
-    value = getattr(h, "discrete_flow_shift", None)
+def _shift(h: Hyperparameters, fam: Family) -> float:
+    value = h.discrete_flow_shift
     if value is None:
         value = fam.discrete_flow_shift if fam.discrete_flow_shift is not None else 3.0
     return value
@@ -133,7 +136,7 @@ def _save_precision(mixed: str) -> str:
 
 
 def train_config(
-    plan: Any,
+    plan: TrainingPlan,
     models: ModelFiles,
     *,
     dataset_toml: Path,
@@ -186,7 +189,7 @@ def train_config(
     if fam.name in SDPA_READERS:
         cfg["sdpa"] = True
     # Only steps: sd-scripts lets max_train_epochs override max_train_steps, and the plan's epochs are rounded up.
-    if getattr(h, "save_every_n_steps", None):
+    if h.save_every_n_steps:
         cfg["save_every_n_steps"] = int(h.save_every_n_steps)
     if h.train_text_encoder and h.text_encoder_lr:
         cfg["text_encoder_lr"] = [float(h.text_encoder_lr)]  # nargs='*' in sd-scripts: one value for all encoders
@@ -231,8 +234,8 @@ def _path_arg(path: Path) -> str:
     return str(Path(path).absolute())
 
 
-def fixed_args(plan: Any, logging_dir: Path) -> list[str]:
-    every = max(1, int(getattr(plan.hyper, "save_every_n_epochs", None) or 1))
+def fixed_args(plan: TrainingPlan, logging_dir: Path) -> list[str]:
+    every = max(1, plan.hyper.save_every_n_epochs)
     return [
         "--network_module", get_family(plan.family).kohya_network_module,
         "--console_log_simple",
@@ -263,7 +266,7 @@ def check_config(family: str, cfg: dict[str, Any], *, file: str | None = None) -
     return problems
 
 
-def trainer_refusal_problems(plan: Any, models: ModelFiles) -> list[Problem]:
+def trainer_refusal_problems(plan: TrainingPlan, models: ModelFiles) -> list[Problem]:
     """What the pinned sd-scripts would refuse at start-up although every key is valid: caption dropout or
     shuffling with cached text-encoder outputs (plan.caption_cache_problems), and more swapped blocks than the
     checkpoint's MMDiT allows (its depth counted from the header's key names, minus SD3_UNSWAPPED_BLOCKS)."""
@@ -299,7 +302,7 @@ class KohyaCommand:
 
 
 def build_command(
-    plan: Any,
+    plan: TrainingPlan,
     *,
     python: Path,
     scripts_dir: Path,

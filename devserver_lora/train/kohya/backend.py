@@ -33,7 +33,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ...errors import BackendError, DatasetError, PlanError, Problem
 from ...lora.header import LoraFileError, is_complete, read_header, write_with_metadata
@@ -45,6 +45,12 @@ from . import progress as kprog
 from . import samples as ksamples
 from . import venv as kvenv
 from .diagnose import Diagnosis, Watcher, diagnose
+
+if TYPE_CHECKING:
+    from ..evaluate.settings import EvalSettings
+    from ..jobs import Job
+    from ..plan import TrainingPlan
+    from ..settings import Settings
 
 _STEP_NAME = re.compile(r"^(?P<stem>.+)-step(?P<step>\d{8})\.safetensors$")
 # sd-scripts' EPOCH_STATE_NAME "{}-{:06d}-state": the only states a resume starts from (see the module doc).
@@ -76,7 +82,7 @@ class KohyaBackend:
 
     def __init__(
         self,
-        settings: Any,
+        settings: Settings | None,
         *,
         kohya_dir: Path | str | None = None,
         num_processes: int = 1,
@@ -85,31 +91,35 @@ class KohyaBackend:
         grace_s: float = 15.0,
     ) -> None:
         self.settings = settings
-        self.kohya_dir = Path(kohya_dir) if kohya_dir else getattr(settings, "kohya_dir", None)
+        self.kohya_dir = Path(kohya_dir) if kohya_dir else (settings.kohya_dir if settings else None)
         self.num_processes = max(1, int(num_processes))
         self.progress_interval_s = progress_interval_s
         self.nan_limit = nan_limit
         self.grace_s = grace_s
         self.samples_off = False
 
+    def _models_dir(self) -> Path | None:
+        return self.settings.models_dir if self.settings else None
+
     # ---------------------------------------------------------------- checks
-    def preflight(self, job: Any, *, probe: bool = True) -> list[Problem]:
+    def preflight(self, job: Job, *, probe: bool = True) -> list[Problem]:
         """Every finding about the setup for this job, plus a dry generation of its Kohya files and argv."""
         plan = job.plan
-        gpu = getattr(plan, "gpu", None)
+        gpu = plan.gpu
         problems = kvenv.check_environment(
             self.kohya_dir,
             family=plan.family,
-            models_dir=getattr(self.settings, "models_dir", None),
+            models_dir=self._models_dir(),
             needs_bitsandbytes=_needs_bnb(plan),
-            gpu_capability=getattr(gpu, "compute_capability", None),
-            gpu_name=getattr(gpu, "name", None),
+            gpu_capability=gpu.compute_capability if gpu else None,
+            gpu_name=gpu.name if gpu else None,
             probe=probe,
         )
         try:
             self._command(job, _Attempt(Path(job.work_dir) / "kohya", 0, 0), None, write=False)
         except (PlanError, DatasetError, BackendError) as exc:
-            if not any(p.code == (getattr(exc, "diagnosis", None) or "") for p in problems):
+            diagnosis = exc.diagnosis if isinstance(exc, BackendError) else None
+            if not any(p.code == (diagnosis or "") for p in problems):
                 problems.append(Problem(exc.message, code="kohya_args", hint=exc.hint))
         else:
             problems.append(Problem("the generated config.toml, dataset.toml and argv pass the recorded flag list "
@@ -117,7 +127,7 @@ class KohyaBackend:
         return problems
 
     # ---------------------------------------------------------------- run
-    def run(self, job: Any, *, resume: bool = False, stop: threading.Event | None = None) -> Path:
+    def run(self, job: Job, *, resume: bool = False, stop: threading.Event | None = None) -> Path:
         stop = stop or threading.Event()
         plan = job.plan
         check_simple_name(plan.output_name, what="LoRA output name")  # it becomes file and folder names
@@ -155,11 +165,11 @@ class KohyaBackend:
             return self.run(job, resume=_last_state(root, _read_ledger(root), plan.output_name)[0] is not None,
                             stop=stop)
 
-    def _command(self, job: Any, attempt: _Attempt, resume_state: Path | None, *, write: bool,
+    def _command(self, job: Job, attempt: _Attempt, resume_state: Path | None, *, write: bool,
                  initial_epoch: int | None = None):
         plan = job.plan
         install = kvenv.find_kohya(self.kohya_dir)
-        models = kmodels.find_model_files(plan.family, getattr(self.settings, "models_dir", None))
+        models = kmodels.find_model_files(plan.family, self._models_dir())
         if models.missing:
             role, names = next(iter(models.missing.items()))
             raise BackendError(
@@ -186,7 +196,7 @@ class KohyaBackend:
         )
         return install, cmd
 
-    def _eval_settings(self, job: Any) -> Any:
+    def _eval_settings(self, job: Job) -> EvalSettings | None:
         """The job's sample prompts and interval (None: no samples, e.g. after sampling crashed sd-scripts)."""
         if self.samples_off:
             return None
@@ -288,7 +298,7 @@ class KohyaBackend:
         job.append_event(DoneEvent(lora_path=str(final), steps=state.last_step))
         return final
 
-    def _fail(self, job: Any, diag: Diagnosis) -> None:
+    def _fail(self, job: Job, diag: Diagnosis) -> None:
         job.append_event(ErrorEvent(diagnosis=diag.code, message=diag.message, hint=diag.hint))
         raise BackendError(diag.message, hint=diag.hint, diagnosis=diag.code)
 
@@ -313,7 +323,7 @@ class KohyaBackend:
 class _RunState:
     """Live state of one attempt: parses lines, throttles progress events, publishes finished checkpoints."""
 
-    def __init__(self, job: Any, plan: Any, attempt: _Attempt, outputs: Path, interval: float) -> None:
+    def __init__(self, job: Job, plan: TrainingPlan, attempt: _Attempt, outputs: Path, interval: float) -> None:
         self.job, self.plan, self.attempt, self.outputs = job, plan, attempt, outputs
         self.interval = interval
         self.watcher = Watcher()
@@ -446,8 +456,8 @@ def _publish_checkpoint(src: Path, dest: Path, offset: int) -> Path:
     return dest
 
 
-def _warn_partial_epoch(job: Any, plan: Any, offset: int) -> None:
-    per_epoch = int(getattr(plan, "steps_per_epoch", 0) or 0)
+def _warn_partial_epoch(job: Job, plan: TrainingPlan, offset: int) -> None:
+    per_epoch = plan.steps_per_epoch
     total = int(plan.hyper.max_train_steps)
     if per_epoch > 0 and total % per_epoch:
         end = -(-total // per_epoch) * per_epoch
@@ -468,11 +478,11 @@ def _published_name(name: str, offset: int) -> tuple[str, int | None, int | None
     return name, None, None
 
 
-def _needs_bnb(plan: Any) -> bool:
-    return bool(getattr(plan.memory, "use_8bit_optimizer", False)) or "8bit" in str(plan.hyper.optimizer).lower()
+def _needs_bnb(plan: TrainingPlan) -> bool:
+    return plan.memory.use_8bit_optimizer or "8bit" in plan.hyper.optimizer.lower()
 
 
-def _record_child(job: Any, pid: int) -> None:
+def _record_child(job: Job, pid: int) -> None:
     try:
         job.set_state("running", child_pid=pid, child_pgid=pid)
     except Exception as exc:  # noqa: BLE001 - bookkeeping must not kill a started training

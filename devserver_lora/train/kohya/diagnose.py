@@ -11,10 +11,13 @@ from __future__ import annotations
 import signal
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ...invocation import train_command
 from ..plan import CACHE_TE, TE_CACHE_ASSERTION
+
+if TYPE_CHECKING:
+    from ..plan import TrainingPlan
 
 
 @dataclass(frozen=True)
@@ -74,12 +77,11 @@ class Watcher:
         self.nan_losses = self.nan_losses + 1 if value != value else 0
 
 
-def lower_memory_hint(plan: Any | None) -> str:
+def lower_memory_hint(plan: TrainingPlan | None) -> str:
     """The next lower-memory setting of this plan, as an override a student can pass to `plan`."""
-    mem = getattr(plan, "memory", None)
-    hyper = getattr(plan, "hyper", None)
-    if mem is None or hyper is None:
+    if plan is None:
         return "re-plan with a lower-memory preset (smaller resolution, batch size 1, gradient checkpointing)"
+    mem, hyper = plan.memory, plan.hyper
     swap = (mem.blocks_to_swap or 0) + 8
     steps: list[tuple[bool, str, str]] = [
         (not mem.gradient_checkpointing, "turn on gradient checkpointing", "gradient_checkpointing=true"),
@@ -109,7 +111,7 @@ def diagnose(
     returncode: int | None,
     watcher: Watcher,
     output_exists: bool,
-    plan: Any | None = None,
+    plan: TrainingPlan | None = None,
     cancelled: bool = False,
 ) -> Diagnosis | None:
     """None when the run succeeded (exit 0 and the LoRA file exists), else the most specific cause we can name."""

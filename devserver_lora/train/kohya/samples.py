@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...paths import atomic_write_json
 from ..evaluate.samples import publish_sample, sample_failed
 from ..evaluate.settings import EvalSettings
 from .progress import StepLine, parse_line
+
+if TYPE_CHECKING:
+    from ..jobs import Job
 
 PROMPTS_FILE = "sample_prompts.json"
 SAMPLE_DIR = "sample"
@@ -67,7 +70,7 @@ def parse_sample_name(name: str, output_name: str) -> tuple[int, int, int | None
 class SampleWatcher:
     """Publishes the PNGs of one sd-scripts attempt as job samples, once each file is complete."""
 
-    def __init__(self, job: Any, settings: EvalSettings | None, attempt_dir: Path, *, offset: int,
+    def __init__(self, job: Job, settings: EvalSettings | None, attempt_dir: Path, *, offset: int,
                  output_name: str) -> None:
         self.job, self.settings = job, settings
         self.dir = Path(attempt_dir) / SAMPLE_DIR
