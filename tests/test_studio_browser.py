@@ -359,10 +359,10 @@ def test_keyboard_phone_width_and_german(tmp_path: Path) -> None:
         _tab_to(driver, "card-save")
         _keys(driver, Keys.ENTER)
         wait_until(driver, lambda d: text_of(d, "card-status") == "Card saved.", 30, "the saved card")
-        _tab_to(driver, "copy-command")
-        _tab_to(driver, "create-job")
         wait_until(driver, lambda d: "-m devserver_lora.train" in text_of(d, "command"), 60,
                    lambda: f"the command (plan: {text_of(driver, 'plan-status')})")
+        _tab_to(driver, "copy-command")
+        _tab_to(driver, "create-job")
         _keys(driver, Keys.ENTER)
         wait_until(driver, lambda d: d.execute_script("return document.activeElement.id") == "job-title", 30,
                    "the job page with the focus on its title")

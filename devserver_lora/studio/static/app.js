@@ -418,6 +418,7 @@ async function makePlan() {
     if (JSON.stringify(body) !== JSON.stringify(planBody())) return;  // the form changed meanwhile; a newer plan follows
     renderPlan(res);
   } catch (e) {
+    S.plan = null; S.command = ""; $("command").textContent = ""; $("plan-output").hidden = true;  // no stale command
     setStatus("plan-status", e.describe(), true);
     $("plan-problems").replaceChildren(...e.fields.map((f) => el("li", { class: "sev-error", text: f.field + ": " + f.message })));
   }
@@ -425,6 +426,7 @@ async function makePlan() {
 
 function renderPlan(res) {
   S.plan = res;
+  $("plan-output").hidden = false;
   const plan = res.plan || {}, hyper = plan.hyper || {}, mem = res.memory || plan.memory || {};
   const problems = res.problems || [];
   say("plan-status", problems.some((p) => p.severity === "error") ? "plan_bad" : "plan_ok");
