@@ -18,10 +18,14 @@ from devserver_lora.graph.inject import inject_loras
 from devserver_lora.lora.header import read_header, tensor_bytes_equal, write_with_metadata
 from devserver_lora.lora.spec import LoraSpec
 from devserver_lora.train.families import get_family
-from devserver_lora.train.install import install_job, pick_checkpoint
+from devserver_lora.train.install import install_job, pick_checkpoint, trained_on
 from devserver_lora.train.kohya.backend import KohyaBackend
 
 kohya_env = standin_fixtures.kohya_env  # the shared pytest fixture
+
+
+# These jobs train on the depth-2 test checkpoint and install where ComfyUI loads that checkpoint, so each install
+# says so (`against`); without it the LoRA is judged against the family's real model (test below).
 
 
 @pytest.fixture
@@ -47,7 +51,7 @@ def test_header_rewrite_keeps_tensor_bytes(tmp_path):
 def test_install_whole_flow_config_loads_validates_and_injects(kohya_env, trained):
     schemas = schemas_tree(kohya_env.root / "schemas")
     loras = kohya_env.root / "loras"
-    result = install_job(trained, loras_dir=loras, schemas_dir=schemas)
+    result = install_job(trained, against=trained_on(trained), loras_dir=loras, schemas_dir=schemas)
     installed = loras / "tiny_sd3_lora.safetensors"
     assert result.lora_path == str(installed) and result.config_name == "sd35_large_tiny_sd3_lora"
     assert tensor_bytes_equal(installed, trained.outputs_dir / "tiny_sd3_lora.safetensors")
@@ -78,10 +82,10 @@ def test_install_whole_flow_config_loads_validates_and_injects(kohya_env, traine
 def test_install_never_overwrites(kohya_env, trained):
     schemas = schemas_tree(kohya_env.root / "schemas")
     loras = kohya_env.root / "loras"
-    first = install_job(trained, loras_dir=loras, schemas_dir=schemas)
+    first = install_job(trained, against=trained_on(trained), loras_dir=loras, schemas_dir=schemas)
     with pytest.raises(ConfigError, match="already exists"):
-        install_job(trained, loras_dir=loras, schemas_dir=schemas)
-    second = install_job(trained, loras_dir=loras, schemas_dir=schemas, config_name="sd35_large_tiny_again")
+        install_job(trained, against=trained_on(trained), loras_dir=loras, schemas_dir=schemas)
+    second = install_job(trained, against=trained_on(trained), loras_dir=loras, schemas_dir=schemas, config_name="sd35_large_tiny_again")
     assert second.lora_name == "tiny_sd3_lora-2.safetensors" and first.lora_name == "tiny_sd3_lora.safetensors"
     again = load_output_config(schemas / "configs/output/sd35_large_tiny_again.json")
     assert [s.name for s in again.loras] == ["tiny_sd3_lora-2.safetensors"]
@@ -91,10 +95,10 @@ def test_unsafe_config_names_are_refused_with_a_suggestion(kohya_env, trained):
     schemas = schemas_tree(kohya_env.root / "schemas")
     for bad, marker in (("sd35_large_faces", "ace"), ("sd35_large_music_room", "music")):
         with pytest.raises(ConfigError, match=marker) as exc:
-            install_job(trained, loras_dir=kohya_env.root / "loras", schemas_dir=schemas, config_name=bad)
+            install_job(trained, against=trained_on(trained), loras_dir=kohya_env.root / "loras", schemas_dir=schemas, config_name=bad)
         assert "--config-name" in exc.value.hint
     with pytest.raises(Exception, match="not allowed"):
-        install_job(trained, loras_dir=kohya_env.root / "loras", schemas_dir=schemas, config_name="../x")
+        install_job(trained, against=trained_on(trained), loras_dir=kohya_env.root / "loras", schemas_dir=schemas, config_name="../x")
     assert not (kohya_env.root / "loras").exists()  # refused before anything was copied
 
 
@@ -103,10 +107,10 @@ def test_epoch_choice_and_unfinished_jobs(kohya_env, trained):
     assert pick_checkpoint(trained, 2).name == "tiny_sd3_lora.safetensors"  # the last epoch is the final file
     with pytest.raises(JobError, match="epoch 7"):
         pick_checkpoint(trained, 7)
-    result = install_job(trained, loras_dir=kohya_env.root / "loras", schemas_dir=None, epoch=1)
+    result = install_job(trained, against=trained_on(trained), loras_dir=kohya_env.root / "loras", schemas_dir=None, epoch=1)
     assert result.lora_name == "tiny_sd3_lora-000001.safetensors" and result.config_path is None
     assert any("--schemas" in w for w in result.warnings)
-    step = install_job(trained, loras_dir=kohya_env.root / "loras", schemas_dir=None,
+    step = install_job(trained, against=trained_on(trained), loras_dir=kohya_env.root / "loras", schemas_dir=None,
                        checkpoint="tiny_sd3_lora-step00000002.safetensors")
     assert step.lora_name == "tiny_sd3_lora-step00000002.safetensors"
     with pytest.raises(Exception, match="not allowed"):
@@ -135,7 +139,7 @@ def test_keys_that_would_not_load_are_refused(kohya_env, trained):
 
     final.write_bytes(struct.pack("<Q", len(raw)) + raw + body + bytes(1024))
     with pytest.raises(LoraFileError, match="does not fit the model .*ComfyUI would skip 1 of its keys"):
-        install_job(trained, loras_dir=kohya_env.root / "loras", schemas_dir=None)
+        install_job(trained, against=trained_on(trained), loras_dir=kohya_env.root / "loras", schemas_dir=None)
     assert not (kohya_env.root / "loras").exists()
 
 
@@ -160,7 +164,7 @@ def test_text_encoder_lora_gets_the_triple_clip_chunk(kohya_env):
     job.set_state("done")
     schemas = schemas_tree(kohya_env.root / "schemas")
     assert not (schemas / "chunks" / "output_image_sd35_large_triple_clip.json").exists()
-    result = install_job(job, loras_dir=kohya_env.root / "loras", schemas_dir=schemas)
+    result = install_job(job, against=trained_on(job), loras_dir=kohya_env.root / "loras", schemas_dir=schemas)
     raw = json.loads((schemas / "configs" / "output" / f"{result.config_name}.json").read_text())
     assert raw["parameters"]["OUTPUT_CHUNK"] == "output_image_sd35_large_triple_clip"
     assert any("text encoders" in w for w in result.warnings)
@@ -205,7 +209,7 @@ def test_each_config_is_written_from_its_own_card_and_nothing_else(kohya_env, tm
                        overrides={"max_train_steps": 2, "save_every_n_steps": 2, "repeats": 1, "batch_size": 1})
         KohyaBackend(kohya_env.settings, progress_interval_s=0).run(job)
         job.set_state("done")
-        result = install_job(job, loras_dir=kohya_env.root / "loras", schemas_dir=schemas)
+        result = install_job(job, against=trained_on(job), loras_dir=kohya_env.root / "loras", schemas_dir=schemas)
         assert not any("language" in w for w in result.warnings)
         configs[trigger] = json.loads(Path(result.config_path).read_text(encoding="utf-8"))
     adire, ruhr = configs["adire"], configs["ruhr"]
@@ -228,3 +232,49 @@ def test_each_config_is_written_from_its_own_card_and_nothing_else(kohya_env, tm
     assert "ruhr" not in _words(adire) and "adire" not in _words(ruhr)
     assert not {"yoruba", "heritage", "🪘"} & (_words(adire) | _words(ruhr))
     assert "🪘" not in json.dumps(adire, ensure_ascii=False) + json.dumps(ruhr, ensure_ascii=False)
+
+
+def _wide_lora(path: Path) -> Path:
+    """A LoRA of a depth-2 SD3 model (128 wide), written by the safetensors library with sd-scripts' key names."""
+    import torch
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for block in range(2):
+        stem = f"lora_unet_joint_blocks_{block}_x_block_attn_qkv"
+        tensors[f"{stem}.lora_down.weight"] = torch.zeros(4, 128)
+        tensors[f"{stem}.lora_up.weight"] = torch.zeros(3 * 128, 4)
+        tensors[f"{stem}.alpha"] = torch.tensor(4.0)
+    save_file(tensors, str(path), metadata={"ss_network_dim": "4"})
+    return path
+
+
+def test_install_runs_the_full_fit_check_for_the_family_model(kohya_env):
+    # issue 12 item 5: a 128-wide LoRA trained on a test-sized checkpoint for an SD3.5 Medium job went into the
+    # loras folder (install judged it against what it was trained on); inspect-lora --against sd35_medium refuses it.
+    from kohya_standin.build import make_job
+
+    from devserver_lora.cli import main as cli_main
+    from devserver_lora.lora.fit import fit_problems
+    from devserver_lora.train.cli import main as train_main
+
+    job = make_job(kohya_env.jobs_dir, kohya_env.dataset_dir, family="sd35_medium", output_name="wide",
+                   overrides={"max_train_steps": 4})
+    lora = _wide_lora(job.outputs_dir / "wide.safetensors")
+    job.set_state("done", lora_path=str(lora), base_arch="sd3:2:te=clip_l,clip_g,t5xxl")  # as the backend records
+    loras = kohya_env.root / "loras"
+    with pytest.raises(LoraFileError) as exc:
+        install_job(job, loras_dir=loras, schemas_dir=None)
+    expected = [p.message for p in fit_problems(lora, "sd35_medium")]
+    assert expected and all(m in exc.value.message for m in expected)  # the same check as inspect-lora's
+    assert "128 wide but sd35_medium has 1536" in exc.value.message
+    assert f"install {job.id} --against sd3:2:te=clip_l,clip_g,t5xxl" in exc.value.hint
+    assert not loras.exists()  # refused before anything was copied
+    assert cli_main(["inspect-lora", str(lora), "--against", "sd35_medium"]) != 0
+    common = ["--jobs-dir", str(kohya_env.jobs_dir)]
+    assert train_main(["install", job.id, "--loras-dir", str(loras), *common]) != 0
+    assert not loras.exists()
+    # told which model the ComfyUI loads, the same check passes and the file is installed
+    assert train_main(["install", job.id, "--loras-dir", str(loras), "--against", "sd3:2:te=clip_l,clip_g,t5xxl",
+                       *common]) == 0
+    assert (loras / "wide.safetensors").is_file()

@@ -21,7 +21,7 @@ from ..train import runner
 from ..train.backends import get_backend
 from ..train.evaluate.report import REPORT_HTML
 from ..train.evaluate.results import EVAL_DIR, read_results
-from ..train.install import install_job
+from ..train.install import install_job, trained_on
 from ..train.jobs import Job
 from ..train.kohya.venv import blockers
 from ..train.plan import make_plan
@@ -257,8 +257,10 @@ def register(bp: Blueprint, studio: Studio) -> None:
                                 "(ComfyUI's models/loras) or set COMFYUI_LORAS_DIR",
                                 fields=[field("loras_dir", "not configured", "give ComfyUI's models/loras folder")])
         try:
+            # The Studio's ComfyUI renders with the base-model files the Studio trains on (issue 12 item 5: the
+            # CLI installs for the family's model unless told otherwise).
             result = install_job(job, loras_dir=loras_dir, schemas_dir=config.schemas_dir,
-                                 config_name=body.get("config_name"))
+                                 config_name=body.get("config_name"), against=trained_on(job))
         except DevserverLoraError as exc:
             raise refusal_from(exc, prefix="") from None
         forget_view(index.entry(job))

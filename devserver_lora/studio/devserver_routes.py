@@ -31,7 +31,7 @@ from ..train.card import DatasetCard
 from ..train.dataset.importers import is_image_name
 from ..train.families import get_family
 from ..train.gpu import GpuInfo, detect_gpu
-from ..train.install import install_job
+from ..train.install import install_job, trained_on
 from ..train.memory import Workload, choose_memory_plan
 from ..train.presets import get_preset
 from .api_jobs import check_can_start, pin_model
@@ -282,7 +282,7 @@ def register(bp: Blueprint, studio: Studio) -> None:
         if config.loras_dir is None or (job.dir / "install.json").is_file():
             return
         try:
-            install_job(job, loras_dir=config.loras_dir, schemas_dir=None)
+            install_job(job, loras_dir=config.loras_dir, schemas_dir=None, against=trained_on(job))
         except DevserverLoraError as exc:
             job.set_state("done", install_error=exc.message)
         forget_view(index.entry(job))

@@ -291,7 +291,7 @@ def run_demo(
     from ..paths import atomic_write_json
     from . import runner
     from .dataset.normalise import prepare_dataset
-    from .install import install_job
+    from .install import install_job, trained_on
     from .jobs import JobStore
     from .native.models import ModelSource, find_tokenizer_dir
     from .native.tiny import PLANTED_CARD, tiny_sai_checkpoint, write_planted_images
@@ -339,7 +339,8 @@ def run_demo(
             raise TrainingError(f"demo training ended in state {job.state}: {info.get('message')}",
                                 hint=info.get("hint"))
         # 5. install the LoRA into ComfyUI's loras folder (fit check, provenance), then the demo's chunk and config.
-        installed = install_job(job, loras_dir=models_dir / "loras", schemas_dir=None)
+        # The demo's ComfyUI loads the tiny checkpoint the LoRA was trained on: install it for that model.
+        installed = install_job(job, loras_dir=models_dir / "loras", schemas_dir=None, against=trained_on(job))
         from ..lora.header import read_header
         from ..lora.report import ARCH_KEY
 

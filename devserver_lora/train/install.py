@@ -1,9 +1,11 @@
 """Install a trained LoRA (from either backend) into ComfyUI/SwarmUI and give DevServer an output config for it.
 
 1. pick a checkpoint of the job (the final one, or `epoch=N`);
-2. run the one fit check (`devserver_lora.lora.fit`, names and shapes) against the model the LoRA was trained on
-   (its `devserver_lora.arch` metadata, else the plan's family): a LoRA ComfyUI would not fully apply is refused
-   before anything is copied;
+2. run the one fit check (`devserver_lora.lora.fit`, names and shapes, the same as `inspect-lora --against`)
+   against the model it is installed for: the plan's family's model, or `against` (e.g. the test-sized checkpoint a
+   local ComfyUI loads). A LoRA ComfyUI would not fully apply is refused before anything is copied; one trained on
+   another checkpoint than the family's model (a test-sized one, which the backend records) is refused with the
+   `--against` that would install it (issue 12 item 5: a 128-wide LoRA went into a loras folder for SD3.5 Medium);
 3. copy it into the loras folder with provenance in its header (dataset card, plan, trigger words, following
    the `modelspec.*` / `ss_*` conventions plus `devserver_lora.*`): tensor bytes identical, atomic, never
    replacing a file (a `-2` suffix instead);
@@ -130,6 +132,17 @@ def provenance_metadata(existing: dict[str, str], job: Job, source: Path, card: 
     return meta
 
 
+def install_target(job: Job, against: str | None) -> str:
+    """The `lora.fit` name of the model the LoRA is installed for: `against`, else the plan's family's model."""
+    return against or get_family(job.plan.family).arch
+
+
+def trained_on(job: Job, epoch: int | None = None, checkpoint: str | None = None) -> str:
+    """The model the job's chosen checkpoint was trained on (`trained_arch` of its header): the `against` of a
+    caller that renders with the same base-model files it trained with (the demo, the Studio)."""
+    return trained_arch(read_header(pick_checkpoint(job, epoch, checkpoint)).metadata, job)
+
+
 def trained_arch(metadata: dict[str, str], job: Job) -> str:
     """The model a LoRA was trained on: its own `devserver_lora.arch` label, else what the backend recorded for the
     job's base checkpoint, else the family's model."""
@@ -226,6 +239,21 @@ def write_config(
     return written
 
 
+def _check_fits(source: Path, target: str, *, trained: str, job_id: str) -> None:
+    """The one fit check against the install target; when the LoRA was trained on another model than the target,
+    the refusal says which and how to install it for that model instead."""
+    try:
+        check_fit(source, target, name=source.name)
+    except LoraFileError as exc:
+        if trained == target:
+            raise
+        raise LoraFileError(
+            f"{exc.message}\n  it was trained on {trained}, not on {target}",
+            hint=f"install it where ComfyUI loads that model: `{train_command(f'install {job_id} --against {trained}')}`; "
+            f"for {target}, train on {target}'s own checkpoint",
+        ) from exc
+
+
 def install_job(
     job: Job,
     *,
@@ -236,8 +264,12 @@ def install_job(
     config_name: str | None = None,
     strength: float = 1.0,
     check_keys: bool = True,
+    against: str | None = None,
 ) -> InstallResult:
-    """Install a checkpoint of `job` and (where a schemas folder is given) write its output config."""
+    """Install a checkpoint of `job` and (where a schemas folder is given) write its output config.
+
+    `against`: the model the LoRA is installed for (a `lora.fit` name such as "sd3:2:te=clip_l" for a test-sized
+    checkpoint); default the plan's family's model."""
     if loras_dir is None:
         raise JobError("no loras folder given", hint="pass --loras-dir (ComfyUI's models/loras) or set COMFYUI_LORAS_DIR")
     plan = job.plan
@@ -245,11 +277,12 @@ def install_job(
     source = pick_checkpoint(job, epoch, checkpoint)
     header = read_header(source)  # refuses a file the trainer is still writing
     arch = trained_arch(header.metadata, job)
+    target = install_target(job, against)
     warnings: list[str] = []
     if check_keys:
-        check_fit(source, arch, name=source.name)
+        _check_fits(source, target, trained=arch, job_id=job.id)
     else:
-        warnings.append(f"fit check skipped (--no-key-check): {source.name} was not checked against {arch}")
+        warnings.append(f"fit check skipped (--no-key-check): {source.name} was not checked against {target}")
     card = job_card(job)
     if card is None:
         warnings.append(
@@ -290,7 +323,7 @@ def install_job(
                 f"copied that chunk into {schemas_dir / 'chunks'}: ComfyUI needs clip_l.safetensors too"
             )
         path = write_config(job, written.name, schemas_dir=schemas_dir, config_name=name_for_config,
-                            strength=strength, trigger_words=trigger_words, output_chunk=chunk, base_model=arch)
+                            strength=strength, trigger_words=trigger_words, output_chunk=chunk, base_model=target)
         result.config_name, result.config_path = name_for_config, str(path)
     job.write_json("install.json", result.model_dump(mode="json"))
     return result

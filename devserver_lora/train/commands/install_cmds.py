@@ -24,6 +24,7 @@ def _cmd_install(args: argparse.Namespace) -> int:
         config_name=args.config_name,
         strength=args.strength,
         check_keys=not args.no_key_check,
+        against=args.against,
     )
     _refresh_report(job)
     if args.json:
@@ -63,6 +64,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--schemas", type=Path, help="DevServer's devserver/schemas folder (env DEVSERVER_SCHEMAS_DIR)")
     p.add_argument("--config-name", help="name of the output config (default: sd35_large_<output name>)")
     p.add_argument("--strength", type=float, default=1.0, help="LoRA strength in the config (default 1.0)")
+    p.add_argument("--against", metavar="ARCH",
+                   help="the model the LoRA is installed for, as inspect-lora names it (default: the plan's family's "
+                   "model; e.g. sd3:2:te=clip_l for a test-sized checkpoint)")
     p.add_argument("--no-key-check", action="store_true", help="skip the check that every key loads on the model")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     add_location_flags(p)
