@@ -16,7 +16,7 @@ from kohya_standin.build import HERE as STANDIN_DIR
 
 from devserver_lora.errors import DatasetError
 from devserver_lora.train.kohya import args as kargs
-from devserver_lora.train.kohya.flags import SD3_IGNORED_FLAGS, check_dataset_config, sd3_flags
+from devserver_lora.train.kohya.flags import SD3_IGNORED_FLAGS, dataset_config_problems, sd3_flags
 from devserver_lora.train.kohya.models import find_model_files
 
 kohya_env = standin_fixtures.kohya_env  # the shared pytest fixture
@@ -81,7 +81,7 @@ def test_generated_files_use_only_recorded_flags_and_schema_keys(kohya_env):
             assert value in eval(choices), (key, value)  # noqa: S307 - our own recorded fixture
     # the dataset TOML passes both our checker and sd-scripts' voluptuous schema
     dataset = tomllib.loads(cmd.dataset_toml.read_text())
-    assert check_dataset_config(dataset) == []
+    assert dataset_config_problems(dataset) == []
     standin_validator()(dataset)
     sub = dataset["datasets"][0]["subsets"][0]
     assert Path(sub["image_dir"]).name == "2_tinyobj"
@@ -111,7 +111,7 @@ def test_checker_matches_voluptuous_on_bad_documents():
     validator = standin_validator()
     good = {"general": {"caption_extension": ".txt"},
             "datasets": [{"resolution": 512, "subsets": [{"image_dir": "/d/1_x", "num_repeats": 1}]}]}
-    assert check_dataset_config(good) == []
+    assert dataset_config_problems(good) == []
     validator(good)
     bad_docs = [
         {"general": {"repeats": 2}},
@@ -122,10 +122,10 @@ def test_checker_matches_voluptuous_on_bad_documents():
         {"dataset": []},
     ]
     for doc in bad_docs:
-        assert check_dataset_config(doc), doc
+        assert dataset_config_problems(doc), doc
         with pytest.raises(voluptuous.Invalid):
             validator(doc)
-    problems = check_dataset_config({"general": {"repeats": 2}})
+    problems = dataset_config_problems({"general": {"repeats": 2}})
     assert problems[0].code == "extra_key" and "extra keys not allowed" in problems[0].message
 
 
@@ -136,7 +136,7 @@ def test_other_families_get_their_script_and_only_vouched_flags(kohya_env, famil
     models = SimpleNamespace(get=lambda role, _r=roles[family]: Path(f"/m/{role}.safetensors") if role in _r else None)
     cfg = kargs.train_config(plan, models, dataset_toml=Path("/d.toml"), output_dir=Path("/o"),
                              tokenizer_cache_dir=None)
-    assert kargs.check_config(family, cfg) == []
+    assert kargs.config_problems(family, cfg) == []
     sd3_only = {"clip_g", "training_shift", "blocks_to_swap", "apply_lg_attn_mask"}
     assert not sd3_only & set(cfg)
     if family == "flux_dev":
@@ -151,7 +151,7 @@ def test_other_families_get_their_script_and_only_vouched_flags(kohya_env, famil
 
 
 def test_unknown_or_ignored_flags_are_refused():
-    problems = kargs.check_config("sd35_large", {"clip_skip": 2, "xformers": True, "learning_rat": 1e-4,
+    problems = kargs.config_problems("sd35_large", {"clip_skip": 2, "xformers": True, "learning_rat": 1e-4,
                                                  "mixed_precision": "fp32"})
     codes = sorted(p.code for p in problems)
     assert codes == ["choice", "unknown_flag", "unknown_flag", "unknown_flag"]

@@ -103,7 +103,7 @@ def test_check_environment_names_wrong_and_missing_files(kohya_env):
     (models / "t5xxl_fp16.safetensors").unlink()
     shutil.rmtree(kohya_env.kohya_dir / "tokenizers" / "google_t5-v1_1-xxl")
     (kohya_env.kohya_dir / "sd-scripts" / ".git" / "refs" / "heads" / "main").write_text("0" * 40)
-    problems = kv.check_environment(kohya_env.kohya_dir, family="sd35_large", models_dir=models, probe=False)
+    problems = kv.environment_problems(kohya_env.kohya_dir, family="sd35_large", models_dir=models, probe=False)
     by_code = {}
     for p in problems:
         by_code.setdefault(p.code, []).append(p)

@@ -26,13 +26,7 @@ NOT_PROBLEMS: dict[str, str] = {
 
 # Names not yet renamed because their files are being changed by another engineer right now, each with the reason.
 # An entry that no longer occurs fails the test, so this list cannot go stale.
-KNOWN: dict[str, str] = {
-    "check_config": "train/kohya/args.py: issue 12 is rewriting the Kohya files; becomes config_problems",
-    "_check_table": "train/kohya/flags.py: issue 12; becomes _table_problems",
-    "check_dataset_config": "train/kohya/flags.py: issue 12; becomes dataset_config_problems",
-    "check_model_files": "train/kohya/models.py: issue 12; becomes model_file_problems",
-    "check_environment": "train/kohya/venv.py: issue 12; becomes environment_problems",
-}
+KNOWN: dict[str, str] = {}
 
 
 def _functions() -> list[tuple[str, int, ast.FunctionDef | ast.AsyncFunctionDef]]:

@@ -135,7 +135,7 @@ def test_source_record_is_reported_by_check(tmp_path):
     (root / "venv" / "bin").mkdir(parents=True)
     (root / "venv" / "bin" / "python").symlink_to(shutil.which("python3") or "/usr/bin/python3")
     def commit_finding() -> venv.Problem:
-        found = venv.check_environment(root, family="sd35_large", models_dir=None, probe=False)
+        found = venv.environment_problems(root, family="sd35_large", models_dir=None, probe=False)
         return next(p for p in found if p.code == "kohya_commit")
     assert commit_finding().severity == "warning"  # no .git, no record: cannot tell
     record = {"kind": "source", "origin": "/src", "commit": PINNED_COMMIT,

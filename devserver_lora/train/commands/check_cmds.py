@@ -8,7 +8,7 @@ from pathlib import Path
 from ...console import out, print_json
 from ...errors import Problem
 from ..families import FAMILIES
-from ..kohya.venv import blockers, check_environment
+from ..kohya.venv import blockers, environment_problems
 from ..settings import load_settings
 
 _MARK = {"error": "[bold red]✖[/]", "warning": "[yellow]![/]", "info": "[green]✔[/]"}
@@ -51,7 +51,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         findings = KohyaBackend(settings).preflight(job, probe=not args.no_probe)
     else:
         family = args.family
-        findings = check_environment(
+        findings = environment_problems(
             settings.kohya_dir,
             family=family,
             models_dir=settings.models_dir,

@@ -28,7 +28,7 @@ import tomli_w
 from ...errors import DatasetError, PlanError, Problem
 from ...invocation import train_command
 from ..families import Family, get_family
-from .flags import SD3_IGNORED_FLAGS, check_dataset_config, sd3_flags
+from .flags import SD3_IGNORED_FLAGS, dataset_config_problems, sd3_flags
 from .models import ModelFiles, checkpoint_depth
 
 if TYPE_CHECKING:
@@ -246,7 +246,7 @@ def fixed_args(plan: TrainingPlan, logging_dir: Path) -> list[str]:
     ]
 
 
-def check_config(family: str, cfg: dict[str, Any], *, file: str | None = None) -> list[Problem]:
+def config_problems(family: str, cfg: dict[str, Any], *, file: str | None = None) -> list[Problem]:
     """Every key the family's script would reject, ignore, or refuse by `choices`."""
     allowed = allowed_flags(family)
     flags = sd3_flags()
@@ -331,17 +331,17 @@ def build_command(
     dataset_toml = work_dir / "dataset.toml"
     config_toml = work_dir / "config.toml"
     ds = dataset_config(plan)
-    problems = check_dataset_config(ds, file=str(dataset_toml))
+    problems = dataset_config_problems(ds, file=str(dataset_toml))
     cfg = train_config(plan, models, dataset_toml=dataset_toml, output_dir=output_dir,
                        tokenizer_cache_dir=tokenizer_cache_dir)
     cfg.update(extra_config or {})  # e.g. sampling (kohya/samples.py): checked below like every other key
-    problems += check_config(plan.family, cfg, file=str(config_toml))
+    problems += config_problems(plan.family, cfg, file=str(config_toml))
     extra = fixed_args(plan, logging_dir)
     if resume_state is not None:
         extra += ["--resume", _path_arg(resume_state)]
         if initial_epoch is not None:
             extra += ["--initial_epoch", str(int(initial_epoch))]
-    problems += check_config(plan.family, {f: True for f in argv_flags(extra)})
+    problems += config_problems(plan.family, {f: True for f in argv_flags(extra)})
     if problems:
         raise PlanError("the generated Kohya files would be rejected: " + "; ".join(str(p) for p in problems),
                         hint="this is a bug in devserver-lora's Kohya backend; please report it with the plan.json")

@@ -106,7 +106,7 @@ class KohyaBackend:
         """Every finding about the setup for this job, plus a dry generation of its Kohya files and argv."""
         plan = job.plan
         gpu = plan.gpu
-        problems = kvenv.check_environment(
+        problems = kvenv.environment_problems(
             self.kohya_dir,
             family=plan.family,
             models_dir=self._models_dir(),

@@ -94,7 +94,7 @@ def _type_ok(kind: str, value: Any) -> bool:
     return False
 
 
-def _check_table(
+def _table_problems(
     table: Any, allowed: dict[str, str], where: str, file: str | None, *, skip: tuple[str, ...] = ()
 ) -> list[Problem]:
     if not isinstance(table, dict):
@@ -126,7 +126,7 @@ def _check_table(
     return problems
 
 
-def check_dataset_config(doc: dict, *, file: str | None = None) -> list[Problem]:
+def dataset_config_problems(doc: dict, *, file: str | None = None) -> list[Problem]:
     """Validate a parsed dataset TOML the way sd-scripts' DreamBooth sanitizer does; returns every problem."""
     problems: list[Problem] = []
     for key in doc:
@@ -136,21 +136,21 @@ def check_dataset_config(doc: dict, *, file: str | None = None) -> list[Problem]
                         hint="only [general] and [[datasets]] exist")
             )
     if "general" in doc:
-        problems += _check_table(doc["general"], general_keys(), "general", file)
+        problems += _table_problems(doc["general"], general_keys(), "general", file)
     datasets = doc.get("datasets", [])
     if not isinstance(datasets, list):
         return problems + [Problem("datasets must be an array of tables", file=file, path="datasets", code="type")]
     required = dataset_schema()["dreambooth_subset_required"]
     for i, ds in enumerate(datasets):
         where = f"datasets[{i}]"
-        problems += _check_table(ds, dataset_keys(), where, file, skip=("subsets",))
+        problems += _table_problems(ds, dataset_keys(), where, file, skip=("subsets",))
         subsets = ds.get("subsets", []) if isinstance(ds, dict) else []
         if not isinstance(subsets, list):
             problems.append(Problem("subsets must be an array of tables", file=file, path=f"{where}.subsets"))
             continue
         for j, sub in enumerate(subsets):
             swhere = f"{where}.subsets[{j}]"
-            problems += _check_table(sub, subset_keys(), swhere, file)
+            problems += _table_problems(sub, subset_keys(), swhere, file)
             if isinstance(sub, dict):
                 if "metadata_file" in sub:
                     continue  # reported above as an extra key: we only generate DreamBooth subsets

@@ -181,7 +181,7 @@ def find_model_files(family: str, models_dir: Path | None) -> ModelFiles:
     return result
 
 
-def check_model_files(models: ModelFiles, models_dir: Path | None) -> list[Problem]:
+def model_file_problems(models: ModelFiles, models_dir: Path | None) -> list[Problem]:
     """Every missing or mismatched base-model file, with what to put where."""
     problems: list[Problem] = []
     if models_dir is None:

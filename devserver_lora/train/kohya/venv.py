@@ -270,7 +270,7 @@ def tokenizer_problems(install: KohyaInstall, family: str) -> list[Problem]:
     return out
 
 
-def check_environment(
+def environment_problems(
     kohya_dir: Path | None,
     *,
     family: str,
@@ -329,7 +329,7 @@ def check_environment(
                         problems.append(Problem(f"{mod} cannot be imported in the Kohya venv ({why})",
                                                 code=f"module_{mod}", hint=hint))
     files = model_files.find_model_files(family, models_dir)
-    problems += model_files.check_model_files(files, models_dir)
+    problems += model_files.model_file_problems(files, models_dir)
     return problems
 
 
