@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...console import out, print_json
 from ...errors import TrainingError
 from .check_cmds import add_location_flags, settings_from
 
+if TYPE_CHECKING:
+    from ..jobs import JobStore
 
-def _jobs(args: argparse.Namespace) -> Any:
+
+def _jobs(args: argparse.Namespace) -> JobStore:
     from ..jobs import JobStore
 
     return JobStore(settings_from(args).jobs_dir)

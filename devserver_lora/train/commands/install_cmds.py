@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ...console import out, print_json
 from ..install import install_job
 from .check_cmds import add_location_flags, settings_from
+
+if TYPE_CHECKING:
+    from ..jobs import Job
 
 
 def _cmd_install(args: argparse.Namespace) -> int:
@@ -40,7 +44,7 @@ def _cmd_install(args: argparse.Namespace) -> int:
     return 0
 
 
-def _refresh_report(job: object) -> None:
+def _refresh_report(job: Job) -> None:
     """The job's report shows the install state: write it again now (a warning event if that fails; the LoRA is
     installed either way)."""
     from ..evaluate.live import finish

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..events import LogEvent
+
+if TYPE_CHECKING:
+    from ..jobs import Job
 
 DEFAULT_INTERVAL_S = 10.0
 
 
 class LivePlot:
-    def __init__(self, job: Any, *, interval_s: float | None = None) -> None:
+    def __init__(self, job: Job, *, interval_s: float | None = None) -> None:
         self.job = job
         self.interval_s = DEFAULT_INTERVAL_S if interval_s is None else interval_s
         self._stop = threading.Event()
@@ -56,7 +59,7 @@ class LivePlot:
                 self.job.append_event(LogEvent(level="warning", message=f"the loss plot could not be drawn: {exc}"))
 
 
-def finish(job: Any, *, state: str | None = None, message: str | None = None, written_by: str = "run"
+def finish(job: Job, *, state: str | None = None, message: str | None = None, written_by: str = "run"
            ) -> Path | None:
     """The final plot and report of a run (`state`: the outcome about to be recorded), or after `install`; a warning
     event, not an exception, when they cannot be written."""

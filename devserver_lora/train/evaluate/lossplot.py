@@ -12,9 +12,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...paths import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from ..jobs import Job
+    from ..plan import TrainingPlan
 
 LOSS_PLOT_FILE = "loss_plot.png"
 SMOOTHING = 0.9  # EMA factor: each point keeps 90 % of the previous average
@@ -74,7 +78,7 @@ def series_of(events: list[dict[str, Any]]) -> LossSeries:
     return s
 
 
-def planned_lr(plan: Any, total_steps: int) -> list[float]:
+def planned_lr(plan: TrainingPlan, total_steps: int) -> list[float]:
     """The learning rate of each step as the plan's scheduler would set it (transformers' schedules, as
     sd-scripts builds them; unknown names give an empty list rather than a guess)."""
     try:
@@ -98,7 +102,7 @@ def planned_lr(plan: Any, total_steps: int) -> list[float]:
     return out
 
 
-def write_loss_plot(job: Any, *, title: str | None = None) -> Path:
+def write_loss_plot(job: Job, *, title: str | None = None) -> Path:
     """Draw the plot from the job's events and publish it atomically as `<job>/loss_plot.png`."""
     series = series_of(job.events())
     if not series.lrs and series.steps:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...errors import JobError
 from ...paths import atomic_write_json, atomic_write_text
@@ -21,6 +21,10 @@ from .report_html import render_html
 from .results import read_results
 from .samples import samples_of
 from .settings import SETTINGS_FILE, EvalSettings, load_eval_settings
+
+if TYPE_CHECKING:
+    from ..jobs import Job
+    from ..plan import TrainingPlan
 
 REPORT_HTML = "report.html"
 REPORT_JSON = "report.json"
@@ -34,7 +38,7 @@ def _safe(read: Any, default: Any = None) -> Any:
         return default
 
 
-def _rel(job: Any, path: Path | str) -> str:
+def _rel(job: Job, path: Path | str) -> str:
     p = Path(path)
     try:
         return p.resolve().relative_to(Path(job.dir).resolve()).as_posix()
@@ -42,7 +46,7 @@ def _rel(job: Any, path: Path | str) -> str:
         return p.name
 
 
-def _model_note(job: Any, plan: Any, lora_arch: str | None) -> str | None:
+def _model_note(job: Job, plan: TrainingPlan, lora_arch: str | None) -> str | None:
     """A plain warning when the LoRA was trained on a test-sized model rather than the family's real one."""
     from ..families import get_family
 
@@ -54,7 +58,7 @@ def _model_note(job: Any, plan: Any, lora_arch: str | None) -> str | None:
     return None
 
 
-def _training(job: Any, events: list[dict[str, Any]]) -> dict[str, Any]:
+def _training(job: Job, events: list[dict[str, Any]]) -> dict[str, Any]:
     series = series_of(events)
     checkpoints = [{"file": name, "step": step} for step, name in series.checkpoints]
     done = [e for e in events if e.get("type") == "done"]
@@ -76,7 +80,7 @@ def _training(job: Any, events: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _samples(job: Any, settings: EvalSettings | None) -> dict[str, Any]:
+def _samples(job: Job, settings: EvalSettings | None) -> dict[str, Any]:
     records = samples_of(job)
     steps = sorted({r.step for r in records})
     prompts = {r.index: (r.prompt, r.seed) for r in records}
@@ -92,7 +96,7 @@ def _samples(job: Any, settings: EvalSettings | None) -> dict[str, Any]:
     }
 
 
-def _install(job: Any) -> dict[str, Any] | None:
+def _install(job: Job) -> dict[str, Any] | None:
     data = _safe(lambda: job.read_json(INSTALL_FILE)) if (Path(job.dir) / INSTALL_FILE).is_file() else None
     if not isinstance(data, dict):
         return None
@@ -106,7 +110,7 @@ def _install(job: Any) -> dict[str, Any] | None:
     return {**data, "output_config": config}
 
 
-def _final_arch(job: Any) -> str | None:
+def _final_arch(job: Job) -> str | None:
     from ...lora.header import read_header
 
     outputs = Path(job.dir) / "outputs"
@@ -118,7 +122,7 @@ def _final_arch(job: Any) -> str | None:
     return _safe(lambda: job.info.get("base_arch"))
 
 
-def report_facts(job: Any, *, written_by: str, state: str | None = None, message: str | None = None
+def report_facts(job: Job, *, written_by: str, state: str | None = None, message: str | None = None
                  ) -> dict[str, Any]:
     """Everything the report shows, as JSON-ready data (`state`/`message`: an outcome not yet in job.json)."""
     info = dict(_safe(lambda: job.info, {}) or {})
@@ -156,7 +160,7 @@ def report_facts(job: Any, *, written_by: str, state: str | None = None, message
     return facts
 
 
-def write_report(job: Any, *, written_by: str = "run", plot: bool = True, state: str | None = None,
+def write_report(job: Job, *, written_by: str = "run", plot: bool = True, state: str | None = None,
                  message: str | None = None) -> Path:
     """Redraw the loss plot, then write report.json and report.html; returns the HTML's path."""
     if plot:

@@ -5,11 +5,14 @@ Paths are relative to the job folder, so a job folder can be moved or zipped wit
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from ...errors import JobError
+
+if TYPE_CHECKING:
+    from ..jobs import Job
 
 EVAL_DIR = "evaluation"
 RESULTS_FILE = "results.json"
@@ -86,7 +89,7 @@ class EvaluationResult(BaseModel):
     install_hint: str = ""
 
 
-def read_results(job: Any) -> EvaluationResult | None:
+def read_results(job: Job) -> EvaluationResult | None:
     """The job's last evaluation, or None when it has none (a damaged file is an error that says so)."""
     path = job.dir / EVAL_DIR / RESULTS_FILE
     if not path.is_file():

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...comfy import ComfyClient, Timeouts, run_sync
 from ...errors import JobError, LoraFileError, TrainingError
@@ -45,6 +45,9 @@ from .results import (
 from .settings import EvalSettings, load_eval_settings
 from .sheets import GAP, Sheet, compose, difference_image
 
+if TYPE_CHECKING:
+    from ..jobs import Job
+
 IMAGES_DIR = "images"
 DIFF_GAIN = 4.0
 
@@ -53,7 +56,7 @@ DIFF_GAIN = 4.0
 class EvalOptions:
     comfyui: str
     loras_dir: Path
-    against: Any = None  # the other Job, for the A/B sheet
+    against: Job | None = None  # the other job, for the A/B sheet
     sheets: tuple[str, ...] = ()  # empty: every sheet (A/B only with `against`)
     lora_file: str | None = None  # a file of outputs/ to evaluate instead of the final LoRA
     size: int | None = None
@@ -92,7 +95,7 @@ class _Plan:
     prompts: list[str] = field(default_factory=list)
 
 
-def _checkpoint_label(job: Any, path: Path) -> tuple[int, str]:
+def _checkpoint_label(job: Job, path: Path) -> tuple[int, str]:
     """(sort key, label) of a saved LoRA file: its step where known, 'final' for the last one."""
     name = job.plan.output_name
     try:
@@ -111,7 +114,7 @@ def _checkpoint_label(job: Any, path: Path) -> tuple[int, str]:
     return (steps, path.name)
 
 
-def _the_lora(job: Any, lora_file: str | None) -> Path:
+def _the_lora(job: Job, lora_file: str | None) -> Path:
     if lora_file is not None:
         return pick_checkpoint(job, checkpoint=lora_file)
     try:
@@ -124,7 +127,7 @@ def _the_lora(job: Any, lora_file: str | None) -> Path:
         return max(saved, key=lambda p: _checkpoint_label(job, p)[0])
 
 
-def _lora_of(job: Any, path: Path, label: str) -> _Lora:
+def _lora_of(job: Job, path: Path, label: str) -> _Lora:
     from ...lora.report import inspect_lora
 
     header = read_header(path)
@@ -202,7 +205,7 @@ def plan_sheets(kinds: tuple[str, ...], settings: EvalSettings, lora: _Lora, che
     return plans
 
 
-def evaluate_job(job: Any, options: EvalOptions, *, on_image: Callable[[int, int, Rendered], None] | None = None
+def evaluate_job(job: Job, options: EvalOptions, *, on_image: Callable[[int, int, Rendered], None] | None = None
                  ) -> EvaluationResult:
     """Render every requested sheet, write images, sheets and results.json, then the report. Returns the result."""
     kinds = _kinds(options)  # a refused request writes nothing: check what was asked before the defaults are saved
@@ -212,7 +215,8 @@ def evaluate_job(job: Any, options: EvalOptions, *, on_image: Callable[[int, int
     lora.label = _checkpoint_label(job, lora.path)[1]
     checkpoints = [_lora_of(job, p, _checkpoint_label(job, p)[1])
                    for p in sorted(list_checkpoints(job), key=lambda p: _checkpoint_label(job, p)[0])]
-    other = _other_lora(job, lora, options.against) if "ab" in kinds else None
+    against = options.against if "ab" in kinds else None  # _kinds refused "ab" without a second job
+    other = _other_lora(job, lora, against) if against is not None else None
     everything = list({x.path: x for x in [lora, *checkpoints, *([other] if other else [])]}.values())
     render = RenderSettings(size=options.size or settings.size, steps=options.steps or settings.steps,
                             cfg=options.cfg if options.cfg is not None else settings.cfg,
@@ -233,7 +237,7 @@ def evaluate_job(job: Any, options: EvalOptions, *, on_image: Callable[[int, int
     finally:
         stage.remove()
     result.lora = lora.source
-    result.against = options.against.id if other is not None else None
+    result.against = against.id if against is not None else None
     result = _merge_previous(job, result, kinds)
     atomic_write_json(job.dir / EVAL_DIR / RESULTS_FILE, result.model_dump(mode="json"))
     from .report import write_report
@@ -252,7 +256,7 @@ def _kinds(options: EvalOptions) -> tuple[str, ...]:
     return tuple(wanted)
 
 
-def _other_lora(job: Any, lora: _Lora, other_job: Any) -> _Lora:
+def _other_lora(job: Job, lora: _Lora, other_job: Job) -> _Lora:
     if other_job.id == job.id:
         raise TrainingError("--against names the same job", hint="compare two different jobs, e.g. two presets")
     other = _lora_of(other_job, _the_lora(other_job, None), "")
@@ -263,7 +267,7 @@ def _other_lora(job: Any, lora: _Lora, other_job: Any) -> _Lora:
     return other
 
 
-async def _render_all(job: Any, plans: list[_Plan], graph: ChunkGraph, render: RenderSettings, options: EvalOptions,
+async def _render_all(job: Job, plans: list[_Plan], graph: ChunkGraph, render: RenderSettings, options: EvalOptions,
                       stage: LoraStage, scorer: ClipScorer | None,
                       on_image: Callable[[int, int, Rendered], None] | None, arch_of: dict[str, str]
                       ) -> EvaluationResult:
@@ -295,7 +299,7 @@ async def _render_all(job: Any, plans: list[_Plan], graph: ChunkGraph, render: R
     return result
 
 
-def _difference(job: Any, base: Rendered, a: Any, b: Any, result: EvaluationResult) -> tuple[Any, str | None]:
+def _difference(job: Job, base: Rendered, a: Any, b: Any, result: EvaluationResult) -> tuple[Any, str | None]:
     """The difference image of a row (saved alone like every render), or (None, None) when a render is missing."""
     if a is None or b is None or base.path is None:
         return None, None
@@ -314,7 +318,7 @@ def _difference(job: Any, base: Rendered, a: Any, b: Any, result: EvaluationResu
     return img, rel
 
 
-def _cells(job: Any, plan: _Plan, done: dict[RenderSpec, Rendered], result: EvaluationResult
+def _cells(job: Job, plan: _Plan, done: dict[RenderSpec, Rendered], result: EvaluationResult
            ) -> tuple[list[list[Any]], list[list[str | None]]]:
     """The sheet's images and their files, row by row."""
     images: list[list[Any]] = []
@@ -360,7 +364,7 @@ def _note(col: SheetColumn) -> str:
     return ", ".join(parts)
 
 
-def _sheet(job: Any, plan: _Plan, done: dict[RenderSpec, Rendered], render: RenderSettings,
+def _sheet(job: Job, plan: _Plan, done: dict[RenderSpec, Rendered], render: RenderSettings,
            scorer: ClipScorer | None, result: EvaluationResult) -> SheetRecord:
     images, files = _cells(job, plan, done, result)
     columns = _numbers(plan, images, scorer)
@@ -383,7 +387,7 @@ def _prompt_of(spec: RenderSpec | None) -> str:
     return spec.prompt if spec is not None else ""
 
 
-def _merge_previous(job: Any, result: EvaluationResult, kinds: tuple[str, ...]) -> EvaluationResult:
+def _merge_previous(job: Job, result: EvaluationResult, kinds: tuple[str, ...]) -> EvaluationResult:
     """Keep the sheets of an earlier evaluation that this one did not redo, when they were rendered the same way."""
     try:
         previous = read_results(job)

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..events import LogEvent, SampleEvent
 from .pngtext import write_png
+
+if TYPE_CHECKING:
+    from ..jobs import Job
 
 SAMPLES_DIR = "samples"
 
@@ -21,7 +24,7 @@ def sample_name(step: int, index: int, seed: int | None) -> str:
     return f"step{step:08d}_p{index:02d}_seed{seed if seed is not None else 'random'}.png"
 
 
-def publish_sample(job: Any, image: Any, *, step: int, index: int, prompt: str, seed: int | None,
+def publish_sample(job: Job, image: Any, *, step: int, index: int, prompt: str, seed: int | None,
                    lora: str = "training state") -> Path:
     """Save one sample (PIL image or PNG bytes) with its text chunks and append its event."""
     path = Path(job.dir) / SAMPLES_DIR / sample_name(step, index, seed)
@@ -31,7 +34,7 @@ def publish_sample(job: Any, image: Any, *, step: int, index: int, prompt: str, 
     return written
 
 
-def sample_failed(job: Any, *, step: int, index: int | None, error: BaseException | str) -> None:
+def sample_failed(job: Job, *, step: int, index: int | None, error: BaseException | str) -> None:
     """The warning a failed sample leaves (training goes on)."""
     what = f"sample {index} at step {step}" if index is not None else f"samples at step {step}"
     text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
@@ -48,7 +51,7 @@ class SampleRecord:
     path: Path
 
 
-def samples_of(job: Any) -> list[SampleRecord]:
+def samples_of(job: Job) -> list[SampleRecord]:
     """Every sample the job's events announce whose file still exists (the last one per step and prompt)."""
     found: dict[tuple[int, int], SampleRecord] = {}
     for event in job.events():

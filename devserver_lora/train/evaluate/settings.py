@@ -19,12 +19,16 @@ Each entry names its dimensions so the report can show them; a teacher may repla
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ...errors import JobError
 from ...lora.triggers import merge_triggers
+
+if TYPE_CHECKING:
+    from ..jobs import Job
+    from ..plan import TrainingPlan
 
 SETTINGS_FILE = "eval_settings.json"
 DEFAULT_SEED = 1000
@@ -141,11 +145,11 @@ def default_prompts(captions: list[str], trigger: str | None, *, seed: int = DEF
     return [EvalPrompt(prompt=t, seed=seed + i) for i, t in enumerate(texts)]
 
 
-def default_settings(plan: Any, captions: list[str]) -> EvalSettings:
+def default_settings(plan: TrainingPlan, captions: list[str]) -> EvalSettings:
     """Defaults for a job: its own captions, at the training resolution; a GPU plan samples about SAMPLES_PER_RUN
     times. A CPU plan (only sensible for tiny test models, whose pictures are noise) samples only when asked."""
     total = int(plan.hyper.max_train_steps)
-    on_gpu = getattr(plan, "gpu", None) is not None
+    on_gpu = plan.gpu is not None
     return EvalSettings(
         prompts=default_prompts(captions, plan.trigger),
         sample_every_n_steps=max(1, math.ceil(total / SAMPLES_PER_RUN)) if on_gpu else None,
@@ -153,7 +157,7 @@ def default_settings(plan: Any, captions: list[str]) -> EvalSettings:
     )
 
 
-def load_eval_settings(job: Any, *, create: bool = True) -> EvalSettings:
+def load_eval_settings(job: Job, *, create: bool = True) -> EvalSettings:
     """The job's `eval_settings.json`; with `create`, the defaults are written first when there is none."""
     path = job.dir / SETTINGS_FILE
     if not path.is_file():
@@ -168,5 +172,5 @@ def load_eval_settings(job: Any, *, create: bool = True) -> EvalSettings:
                        hint=f"fix {path} or delete it to get the defaults back") from exc
 
 
-def save_eval_settings(job: Any, settings: EvalSettings) -> None:
+def save_eval_settings(job: Job, settings: EvalSettings) -> None:
     job.write_json(SETTINGS_FILE, EvalSettings.model_validate(settings.model_dump()))
