@@ -77,8 +77,11 @@ def test_diagnosis_names_the_block_swap_bound():
     assert d is not None and d.code == "blocks_to_swap_too_many" and "Cannot swap more than 22 blocks" in d.message
 
 
-def test_the_standin_stops_like_the_real_trainer_when_captions_vary_with_a_cache(kohya_env):
-    # A job whose plan slipped past the check (an old job.json): the stand-in asserts like sd-scripts does.
+def test_check_job_refuses_an_existing_plan_with_shuffled_captions_and_a_cache(kohya_env, capsys):
+    # A job planned before this check (its plan.json edited here to what such a plan held): `check --job` and the
+    # backend's preflight refuse it before sd-scripts would assert.
+    from devserver_lora.train.cli import main
+
     job = kohya_env.job()
     plan = job.plan
     plan.hyper.shuffle_caption = True
@@ -86,6 +89,10 @@ def test_the_standin_stops_like_the_real_trainer_when_captions_vary_with_a_cache
     problems = KohyaBackend(kohya_env.settings).preflight(job, probe=False)
     refused = [p for p in problems if "shuffle_caption=true" in p.message]
     assert refused and "cache_text_encoder_outputs=false" in (refused[0].hint or "")
+    code = main(["check", "--job", job.id, "--no-probe", "--jobs-dir", str(kohya_env.jobs_dir),
+                 "--kohya-dir", str(kohya_env.kohya_dir), "--models-dir", str(kohya_env.models_dir)])
+    out = capsys.readouterr().out
+    assert code == 1 and "when caching Text Encoder output" in out and "cache_text_encoder_outputs=false" in out
 
 
 # ----------------------------------------------------------------------------- item 3: only settings that act
