@@ -31,6 +31,8 @@ function drawLossChart(svg, points, total) {
   let hi = Math.max(...finite.map((p) => p.loss));
   if (!finite.length) { lo = 0; hi = 1; }
   if (hi - lo < 1e-9) { hi += 0.5 * Math.abs(hi || 1); lo -= 0.5 * Math.abs(lo || 1); }
+  const pad = 0.06 * (hi - lo);  // the highest and lowest points stay inside the frame
+  hi += pad; lo -= pad;
   const x = (s) => left + (s / maxStep) * (W - left - right);
   const y = (v) => top + (1 - (v - lo) / (hi - lo)) * (H - top - bottom);
   for (let i = 0; i <= 4; i++) {  // horizontal grid with loss labels
