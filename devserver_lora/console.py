@@ -26,7 +26,7 @@ def print_json(obj: Any) -> None:
 def report_error(exc: DevserverLoraError, *, as_json: bool = False) -> None:
     if as_json:
         body: dict[str, Any] = {"error": type(exc).__name__, "message": exc.message, "hint": exc.hint}
-        problems = getattr(exc, "problems", None)
+        problems = getattr(exc, "problems", None)  # only some error classes carry a list of problems
         if problems:
             body["problems"] = [p.as_dict() for p in problems]
         print_json(body)
@@ -39,7 +39,7 @@ def run_command(func: Callable[[Any], int | None], args: Any) -> int:
     try:
         code = func(args)
     except DevserverLoraError as exc:
-        report_error(exc, as_json=getattr(args, "json", False))
+        report_error(exc, as_json=getattr(args, "json", False))  # not every subcommand has --json
         return 1
     except KeyboardInterrupt:
         err.print("interrupted")

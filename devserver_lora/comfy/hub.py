@@ -113,7 +113,7 @@ class WsHub:
     def _route(self, event: ev.Event | None) -> None:
         if event is None or isinstance(event, ev.Status):
             return
-        pid = getattr(event, "prompt_id", None)
+        pid: str | None = event.prompt_id  # every event but Status has one (None on a legacy preview frame)
         if isinstance(event, ev.Started | ev.Executing):
             self._running = pid
         if isinstance(event, ev.Preview) and pid is None:

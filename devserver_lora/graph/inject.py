@@ -181,7 +181,7 @@ def _has_text_encoder(spec: LoraSpec, lora_info: Mapping[str, Any] | None) -> bo
         return info
     if isinstance(info, Mapping):
         return bool(info.get("has_text_encoder", True))
-    return bool(getattr(info, "has_text_encoder", True))
+    return bool(getattr(info, "has_text_encoder", True))  # a LoraReport, or any object that says it
 
 
 def _pick_source(sources: list[ModelSource], spec: LoraSpec, index: EdgeIndex) -> ModelSource:

@@ -9,7 +9,7 @@ from ...console import out, print_json
 from ...errors import Problem
 from ..families import FAMILIES
 from ..kohya.venv import blockers, environment_problems
-from ..settings import load_settings
+from ..settings import Settings, load_settings
 
 _MARK = {"error": "[bold red]✖[/]", "warning": "[yellow]![/]", "info": "[green]✔[/]"}
 
@@ -22,12 +22,13 @@ def add_location_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models-dir", type=Path, help="folder with the base-model files (env DEVSERVER_LORA_MODELS)")
 
 
-def settings_from(args: argparse.Namespace, **extra: object):
+def settings_from(args: argparse.Namespace, **extra: object) -> Settings:
+    """The settings for a command whose parser has the location flags (add_location_flags)."""
     return load_settings(
-        home=getattr(args, "home", None),
-        jobs_dir=getattr(args, "jobs_dir", None),
-        kohya_dir=getattr(args, "kohya_dir", None),
-        models_dir=getattr(args, "models_dir", None),
+        home=args.home,
+        jobs_dir=args.jobs_dir,
+        kohya_dir=args.kohya_dir,
+        models_dir=args.models_dir,
         **{k: v for k, v in extra.items() if v is not None},
     )
 

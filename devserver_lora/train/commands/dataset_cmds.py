@@ -40,15 +40,17 @@ def _add_card_flags(p: argparse.ArgumentParser) -> None:
 
 
 def card_from_args(args: argparse.Namespace) -> DatasetCard | None:
-    """The card from --card and/or the card flags (flags override the file); None if none given."""
+    """The card from --card and/or the card flags (flags override the file); None if none given.
+    `args` comes from a parser with the card flags (_add_card_flags)."""
     data: dict[str, Any] = {}
-    if getattr(args, "card", None):
+    if args.card:
         data = load_card(args.card).model_dump(mode="json")
-    flags = {name: getattr(args, f"card_{name}", None) for name, _ in CARD_FLAGS}
+    # The flag names come from CARD_FLAGS, so they are read by name.
+    flags = {name: getattr(args, f"card_{name}") for name, _ in CARD_FLAGS}
     data.update({k: v for k, v in flags.items() if v is not None})
     if not data:
         return None
-    return card_from_dict(data, where=str(args.card) if getattr(args, "card", None) else "card flags")
+    return card_from_dict(data, where=str(args.card) if args.card else "card flags")
 
 
 def print_problems(problems: list[Problem], *, per_code: int = 5) -> None:
