@@ -126,6 +126,7 @@ def install_into_devserver(
         log.warning("devserver-lora: %s", problem)
     injector = LoraInjector(folder, object_info, known_files=model_files(tree))
     is_class = isinstance(target, type)
+    # DevServer's class (or instance) is not ours: read what it has, and our mark on an earlier patch, by name.
     found = getattr(target, "_apply_input_mappings", None)
     original_apply: Callable[..., Any] | None = getattr(found, "__devserver_lora_original__", found)
 

@@ -119,6 +119,7 @@ def _extract_all(zf: zipfile.ZipFile, zip_path: Path, dest: Path, limits: ZipLim
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             # The folders we just made are ours; a member cannot have planted a link there (links are refused).
+            # O_NOFOLLOW where the platform has it (not on Windows).
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
         except OSError as exc:
             # Two members with one name, or a file where another member needs a folder.

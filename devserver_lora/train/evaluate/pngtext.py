@@ -25,7 +25,7 @@ def png_bytes(image: Any, fields: Mapping[str, object]) -> bytes:
 
     img = Image.open(io.BytesIO(image)) if isinstance(image, bytes | bytearray) else image
     info = PngImagePlugin.PngInfo()
-    for key, value in (getattr(img, "text", None) or {}).items():
+    for key, value in (getattr(img, "text", None) or {}).items():  # only PIL's PNG images have .text
         if not key.startswith(PREFIX):
             info.add_text(key, value)
     for key, value in fields.items():
@@ -46,5 +46,5 @@ def read_fields(path: str | os.PathLike[str]) -> dict[str, str]:
     from PIL import Image
 
     with Image.open(path) as img:
-        text = dict(getattr(img, "text", None) or {})
+        text = dict(getattr(img, "text", None) or {})  # only PIL's PNG images have .text
     return {k[len(PREFIX):]: v for k, v in text.items() if k.startswith(PREFIX)}

@@ -61,7 +61,7 @@ for name in sys.argv[1:]:
     try:
         if mode == "import":
             m = importlib.import_module(mod)
-            out["modules"][mod] = getattr(m, "__version__", "present")
+            out["modules"][mod] = getattr(m, "__version__", "present")  # not every module states its version
         else:
             out["modules"][mod] = "present" if importlib.util.find_spec(mod) else None
     except Exception as exc:
