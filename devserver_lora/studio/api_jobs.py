@@ -28,7 +28,7 @@ from ..train.plan import make_plan
 from .config import StudioConfig
 from .identity import is_teacher, may_see, require_user
 from .index import is_queued
-from .plans import PlanRequest, parse_plan_request, plan_for
+from .plans import PlanRequest, parse_plan_request, plan_for, resolve_gpu_id
 from .ranges import override_problems
 from .replies import StudioRefusal, field, fields_from_problems, refusal_from
 from .sse import stream
@@ -55,6 +55,8 @@ def pin_model(config: StudioConfig, job: Job) -> None:
 
 def check_can_start(config: StudioConfig, job: Job, backend: str) -> None:
     """The backend's own preflight, in the request: a student sees every blocker at once, before anything starts."""
+    if not config.preflight:
+        return
     try:
         findings = get_backend(backend, config.settings).preflight(job)
     except DevserverLoraError as exc:
@@ -210,8 +212,9 @@ def register(bp: Blueprint, studio: Studio) -> None:
         bad = override_problems(get_preset(plan.preset), overrides)
         if bad:
             raise StudioRefusal(400, "some settings are outside the preset's ranges", fields=bad)
+        gpu = resolve_gpu_id(config, body["gpu"])[0] if body.get("gpu") else plan.gpu
         try:
-            new = make_plan(plan.family, plan.preset, plan.dataset_dir, gpu=plan.gpu, overrides=overrides,
+            new = make_plan(plan.family, plan.preset, plan.dataset_dir, gpu=gpu, overrides=overrides,
                             backend=plan.backend, output_name=body.get("output_name") or plan.output_name)
         except DevserverLoraError as exc:
             raise refusal_from(exc) from None

@@ -50,6 +50,7 @@ class StudioConfig:
     cancel_grace_s: float = 30.0
     sse_max_s: float = 3600.0  # an SSE response ends after this; the browser reconnects with Last-Event-ID
     detect_gpu: bool = True
+    preflight: bool = True  # False: start runs without the backend's setup check, as `run --no-preflight`
     devserver_routes: bool = True
     # The dataset card DevServer's own training page cannot ask for (it has no card form): the admin's, for every
     # upload through /api/training/start. None: that route refuses and says how to set it.
