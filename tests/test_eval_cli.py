@@ -90,3 +90,4 @@ def test_install_takes_a_checkpoint_pick_and_the_report_shows_it(kohya_env, caps
     assert facts["install"]["output_config"]["parameters"]["loras"][0]["name"] == pick
     html = (job.dir / "report.html").read_text(encoding="utf-8")
     assert pick in html and "Not installed yet" not in html
+    assert '<th scope="row">trigger words</th><td>tinyobj</td>' in html  # a list shown as words, not as ['tinyobj']

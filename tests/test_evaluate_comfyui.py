@@ -67,8 +67,25 @@ def jobs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     b = _job(store, dataset, "lora_b")
     shutil.copyfile(COMFY_FIXTURES / "loras" / "tiny_sd3_kohya.safetensors", b.outputs_dir / "lora_b.safetensors")
     b.set_state("done", lora_path=str(b.outputs_dir / "lora_b.safetensors"), base_arch=TINY_ARCH)
-    clip = tiny_clip_folder(root / "tiny_clip")  # a random CLIP built here: CLIP scores without any download
+    clip = _oriented_clip(root / "tiny_clip")  # a random CLIP built here: CLIP scores without any download
     return {"root": root, "store": store, "a": a, "b": b, "clip": clip}
+
+
+def _oriented_clip(folder: Path) -> Path:
+    """The tiny random CLIP, its text projection turned (negated) if needed so that the cosine of a noise picture
+    and a prompt is positive: the CLIP score floors negative cosines at 0, and a test of all-zero scores could not
+    tell a working scorer from a broken one."""
+    from transformers import CLIPModel
+
+    from devserver_lora.train.evaluate.metrics import ClipScorer
+
+    tiny_clip_folder(folder)
+    probe = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    if ClipScorer(folder).cosine(probe, "a magenta square on a plain background") < 0:
+        model = CLIPModel.from_pretrained(folder, local_files_only=True)
+        model.text_projection.weight.data.neg_()
+        model.save_pretrained(folder)
+    return folder
 
 
 def _cell(sheet_png: Path, layout: dict, row: int, col: int) -> np.ndarray:
@@ -144,12 +161,21 @@ def test_evaluate_writes_every_sheet_through_real_comfyui(comfyui_server: ComfyS
     assert change[-1] > change[1]
     for kind in ("before_after", "checkpoints", "bias", "ab"):
         assert all(c.mean_abs_change and c.mean_abs_change > 0 for c in sheets[kind].columns if c.kind == "lora"), kind
-    # A CLIP score beside every rendered column (the tiny CLIP's numbers mean nothing, but they are computed).
+    # A CLIP score beside every rendered column: the mean over its rows of the score of that picture and the prompt
+    # it was rendered with (the tiny CLIP's numbers mean nothing about the pictures, but they are these numbers).
+    from devserver_lora.train.evaluate.metrics import ClipScorer
+
     assert result.clip_model == str(jobs["clip"])
+    scorer = ClipScorer(jobs["clip"])
+    prompt_of = {i.file: i.prompt for i in result.images}
     for kind, sheet in sheets.items():
-        for col in sheet.columns:
-            assert (col.clip_score is None) == (col.kind == "difference"), (kind, col.label)
-            assert col.clip_score is None or 0.0 <= col.clip_score <= 100.0
+        for c, col in enumerate(sheet.columns):
+            if col.kind == "difference":
+                assert col.clip_score is None
+                continue
+            files = [line[c] for line in sheet.cells]
+            expected = np.mean([scorer.score(Image.open(a.dir / f), prompt_of[f]) for f in files])
+            assert col.clip_score == pytest.approx(expected, rel=1e-4) and 0.0 < col.clip_score <= 100.0, (kind, c)
     # Every render alone, with its facts in PNG text.
     image = next(i for i in result.images if i.lora and i.strength_model == 0.75 and i.strength_clip == 0.75)
     fields = read_fields(a.dir / image.file)

@@ -188,7 +188,8 @@ class _Page:
         if not inst:
             command = train_command(f"install {self.f['job']['id']} --loras-dir DIR --schemas DIR")
             return f"<p>Not installed yet: <code>{_h(command)}</code></p>"
-        rows = [(k.replace("_", " "), v) for k, v in inst.items() if k not in ("output_config", "warnings")]
+        rows = [(k.replace("_", " "), ", ".join(map(str, v)) if isinstance(v, list) else v)
+                for k, v in inst.items() if k not in ("output_config", "warnings")]
         warn = "".join(f'<li class="problem">{_h(w)}</li>' for w in inst.get("warnings", []))
         config = inst.get("output_config")
         cfg = f"<pre>{_h(json.dumps(config, indent=2, ensure_ascii=False))}</pre>" if config else (
