@@ -362,3 +362,23 @@ def test_user_names_never_become_paths(studio: Any) -> None:
     owners = [p.name for p in st.config.datasets_dir.iterdir()]
     assert len(owners) == 1 and owners[0].startswith("u-")
     assert client.get("/api/lora/me", headers=user("a\x01b")).json["user"] is None
+
+
+def test_links_opened_by_the_browser_carry_the_user_in_the_cookie(with_dataset: Any) -> None:
+    client, st, _ = with_dataset
+    client.put("/api/lora/datasets/squares/card", json=CARD, headers=user("alice"))
+    job = client.post("/api/lora/jobs", json=plan_body(trigger="mgsq"), headers=user("alice")).json
+    assert job["dataset"] == "squares" and job["trigger"] == "mgsq" and job["overrides"]["max_train_steps"] == 4
+    (st.config.jobs_dir / job["id"] / "report.html").write_text("<html>r</html>")
+    url = f"/api/lora/jobs/{job['id']}/files/report.html"
+    assert client.get(url).status_code == 403
+    client.set_cookie("lora_studio_user", "alice")
+    assert client.get(url).data == b"<html>r</html>"
+    client.set_cookie("lora_studio_user", "bob")
+    assert client.get(url).status_code == 404
+    # A page-made job samples during training: the first default prompt, about three times per run, small on a CPU.
+    from devserver_lora.train.evaluate.settings import load_eval_settings
+
+    ev = load_eval_settings(st.store.get(job["id"]), create=False)
+    assert len(ev.prompts) == 1 and "mgsq" in ev.prompts[0].prompt
+    assert ev.sample_every_n_steps == 1 and ev.size == 128 and ev.steps == 4

@@ -53,6 +53,22 @@ def pin_model(config: StudioConfig, job: Job) -> None:
     job.write_json(MODEL_FILE, source)
 
 
+def plan_samples(job: Job) -> None:
+    """Sample images during training, so the job page shows what the LoRA learns (as `train demo` does): the first
+    default prompt (the trigger with a caption), about three times per run, small. A run without a GPU is a test run:
+    tiny samples in few steps; on a GPU 512 px at most, so sampling costs little of the training's time."""
+    from ..train.evaluate.settings import load_eval_settings, save_eval_settings
+
+    plan = job.plan
+    settings = load_eval_settings(job)
+    on_cpu = plan.gpu is None
+    save_eval_settings(job, settings.model_copy(update={
+        "prompts": settings.prompts[:1],
+        "sample_every_n_steps": max(1, plan.hyper.max_train_steps // 3),
+        "size": min(plan.hyper.resolution, 128 if on_cpu else 512),
+        "steps": 4 if on_cpu else min(settings.steps, 20)}))
+
+
 def check_can_start(config: StudioConfig, job: Job, backend: str) -> None:
     """The backend's own preflight, in the request: a student sees every blocker at once, before anything starts."""
     if not config.preflight:
@@ -91,6 +107,7 @@ def register(bp: Blueprint, studio: Studio) -> None:
         job.set_state("created", owner=user, parent=parent, studio_request=req.model_dump(mode="json"),
                       plan_command=planned.command)
         pin_model(config, job)
+        plan_samples(job)
         index.invalidate()
         return job
 
@@ -221,6 +238,7 @@ def register(bp: Blueprint, studio: Studio) -> None:
         job = store.create(new, card=parent.card)
         job.set_state("created", owner=user, parent=parent.id)
         pin_model(config, job)
+        plan_samples(job)
         index.invalidate()
         return job
 

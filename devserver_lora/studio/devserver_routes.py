@@ -34,7 +34,7 @@ from ..train.gpu import GpuInfo, detect_gpu
 from ..train.install import install_job, trained_on
 from ..train.memory import Workload, choose_memory_plan
 from ..train.presets import get_preset
-from .api_jobs import check_can_start, pin_model
+from .api_jobs import check_can_start, pin_model, plan_samples
 from .datasets import dataset_dir, receive, remove_dataset
 from .identity import current_user
 from .index import Entry, is_queued
@@ -202,6 +202,7 @@ def register(bp: Blueprint, studio: Studio) -> None:
         job.set_state("created", owner=user, parent=None, studio_request=req.model_dump(mode="json"),
                       **{PROJECT_KEY: project})
         pin_model(config, job)
+        plan_samples(job)
         index.invalidate()
         try:
             check_can_start(config, job, planned.plan.backend or "auto")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from typing import Any
+from urllib.parse import unquote
 
 from flask import request
 
@@ -17,6 +18,7 @@ from .config import StudioConfig
 from .replies import StudioRefusal
 
 USER_HEADER = "X-Studio-User"
+USER_COOKIE = "lora_studio_user"
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _MAX_NAME = 80
 
@@ -34,7 +36,9 @@ def current_user(config: StudioConfig) -> str | None:
     """The user of this request, or None when nobody is known (then only /me and /presets answer)."""
     if config.user is not None:
         return _clean(config.user())
-    return _clean(request.headers.get(USER_HEADER))
+    # Links the browser opens by itself (report.html and the images it loads) carry no header: the page's sign-in
+    # sets this cookie too (same trust as the header; standalone has no login).
+    return _clean(request.headers.get(USER_HEADER) or unquote(request.cookies.get(USER_COOKIE, "")) or None)
 
 
 def require_user(config: StudioConfig) -> str:

@@ -66,6 +66,10 @@ def job_view(config: StudioConfig, entry: Entry, queue: list[str], base: str) ->
         "family": info.get("family"),
         "preset": info.get("preset"),
         "backend": backend,
+        # What it was made from (the Studio's request; a terminal job has none): to show and to prefill a variant.
+        "dataset": (info.get("studio_request") or {}).get("dataset"),
+        "trigger": (info.get("studio_request") or {}).get("trigger"),
+        "overrides": (info.get("studio_request") or {}).get("overrides"),
         "created": info.get("created"),
         "updated": info.get("updated"),
         "message": info.get("message"),
