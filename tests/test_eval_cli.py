@@ -13,6 +13,7 @@ from devserver_lora.train import runner
 from devserver_lora.train.card import load_card
 from devserver_lora.train.cli import main
 from devserver_lora.train.evaluate.settings import load_eval_settings
+from devserver_lora.train.install import trained_on
 from devserver_lora.train.jobs import JobStore
 from devserver_lora.train.native import tiny
 from devserver_lora.train.plan import make_plan
@@ -82,7 +83,8 @@ def test_install_takes_a_checkpoint_pick_and_the_report_shows_it(kohya_env, caps
     loras = kohya_env.root / "comfy_loras"
     loras.mkdir()
     assert main(["install", job.id, "--checkpoint", pick, "--loras-dir", str(loras), "--schemas",
-                 str(kohya_env.root / "schemas"), "--jobs-dir", str(kohya_env.jobs_dir), "--json"]) == 0
+                 str(kohya_env.root / "schemas"), "--jobs-dir", str(kohya_env.jobs_dir), "--json",
+                 "--against", trained_on(job, checkpoint=pick)]) == 0  # the test checkpoint's model (issue 12 item 5)
     installed = json.loads(capsys.readouterr().out)
     assert installed["source"] == str(job.outputs_dir / pick) and (loras / pick).is_file()
     facts = json.loads((job.dir / "report.json").read_text())

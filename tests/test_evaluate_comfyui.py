@@ -28,6 +28,7 @@ from devserver_lora.train.evaluate.render import EVAL_LORAS_SUBDIR
 from devserver_lora.train.evaluate.results import EvaluationResult
 from devserver_lora.train.evaluate.settings import EvalPrompt, load_eval_settings, save_eval_settings
 from devserver_lora.train.evaluate.sheets import fit_cell
+from devserver_lora.train.install import trained_on
 from devserver_lora.train.jobs import JobStore
 from devserver_lora.train.native import tiny
 from devserver_lora.train.native.models import ModelSource
@@ -216,7 +217,7 @@ def test_report_opens_in_headless_chromium_without_a_broken_image_or_a_request_o
     installed = jobs["root"] / "installed_loras"
     installed.mkdir()
     assert train_main(["install", a.id, "--checkpoint", pick, "--loras-dir", str(installed),
-                       "--jobs-dir", str(jobs["root"] / "jobs")]) == 0
+                       "--jobs-dir", str(jobs["root"] / "jobs"), "--against", trained_on(a, checkpoint=pick)]) == 0
     assert (installed / pick).is_file()
     report = a.dir / "report.html"
     facts = json.loads((a.dir / "report.json").read_text())

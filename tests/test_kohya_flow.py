@@ -54,8 +54,9 @@ def test_prepare_plan_run_install(kohya_env, capsys):
     assert "LoRA ready" in shown and "flow_lora-step00000002.safetensors" in shown
 
     schemas = schemas_tree(root / "devserver_schemas")
+    # the stand-in trained on the depth-2 test checkpoint, which is what this ComfyUI would load (issue 12 item 5)
     assert train_main(["install", job_id, "--loras-dir", str(root / "comfy_loras"), "--schemas", str(schemas),
-                       "--json", *where]) == 0
+                       "--against", "sd3:2:te=clip_l,clip_g,t5xxl", "--json", *where]) == 0
     result = _json(capsys)
     assert result["config_name"] == "sd35_large_flow_lora" and result["trigger_words"] == ["tinyobj"]
 
