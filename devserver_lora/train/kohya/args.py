@@ -188,6 +188,10 @@ def train_config(
     )
     if fam.name in SDPA_READERS:
         cfg["sdpa"] = True
+    if getattr(plan, "gpu", None) is None and h.mixed_precision in ("bf16", "fp16"):
+        # On the CPU the VAE's half-precision convolutions are minutes per 64 px image where fp32 takes a second
+        # (measured with the pinned sd-scripts here); train_network.py casts the VAE to fp32 with this flag.
+        cfg["no_half_vae"] = True
     # Only steps: sd-scripts lets max_train_epochs override max_train_steps, and the plan's epochs are rounded up.
     if h.save_every_n_steps:
         cfg["save_every_n_steps"] = int(h.save_every_n_steps)
