@@ -125,7 +125,7 @@ def _write_photos(folder: Path) -> None:
 def _plan(flow: Flow, capsys: pytest.CaptureFixture[str], name: str, *extra: str) -> str:
     assert train_main(["plan", str(flow.root / "ds"), "--preset", "quick_test", "--no-detect", "--backend", "kohya",
                        "--set", f"max_train_steps={STEPS}", "--set", "resolution=256", "--set", "mixed_precision=bf16",
-                       "--set", "learning_rate=5e-3", *extra, "--name", name, "--create-job", "--json",
+                       "--set", "learning_rate=1e-2", *extra, "--name", name, "--create-job", "--json",
                        *flow.where]) == 0
     return str(_json(capsys)["job_id"])
 
@@ -306,10 +306,11 @@ def test_cancel_and_two_resumes_end_exactly_at_the_planned_step(flow: Flow) -> N
     assert progress[-1]["step"] == STEPS and progress[-1]["total_steps"] == STEPS and progress[-1]["epoch"] == 6
     # Each attempt's first step is the one after its state; steps only grow within an attempt.
     log = (Path(job.logs_dir) / "kohya.log").read_bytes().decode("utf-8", "replace")
-    epochs = [int(m[1]) for m in re.finditer(r"\nepoch (\d+)/6\n", log)]
-    starts = [0] + [i for i in range(1, len(epochs)) if epochs[i] <= epochs[i - 1]]
-    assert [epochs[i] for i in starts] == [1, first + 1, second + 1]  # sd-scripts honoured --initial_epoch
-    assert epochs[starts[-1]:] == list(range(second + 1, 7))
+    attempts_log = re.split(r"resume training from local state", log)  # printed once by each resumed attempt
+    epochs = [[int(m[1]) for m in re.finditer(r"\nepoch (\d+)/6\n", part)] for part in attempts_log]
+    assert [e[0] for e in epochs] == [1, first + 1, second + 1]  # sd-scripts honoured --initial_epoch
+    assert all(e == list(range(e[0], e[0] + len(e))) for e in epochs)
+    assert epochs[-1] == list(range(second + 1, 7))
     # The published checkpoints: one per epoch, absolute labels in names and metadata.
     outputs = sorted(p.name for p in Path(job.outputs_dir).glob("*.safetensors"))
     assert outputs == [f"{NAME}-{e:06d}.safetensors" for e in range(1, 6)] + [f"{NAME}.safetensors"]
@@ -324,7 +325,8 @@ def test_cancel_and_two_resumes_end_exactly_at_the_planned_step(flow: Flow) -> N
 def test_events_come_from_the_real_output(flow: Flow) -> None:
     job = flow.job
     events = job.events()
-    progress = [e for e in events if e["type"] == "progress"]
+    # A bar at 0 (each attempt draws one before its first step) has no loss yet; every other one has.
+    progress = [e for e in events if e["type"] == "progress" and e["loss"] is not None]
     assert len(progress) >= 6 and all(isinstance(e["loss"], float) for e in progress)
     assert all(e["total_epochs"] == 6 and 1 <= e["epoch"] <= 6 for e in progress)
     checkpoints = [e for e in events if e["type"] == "checkpoint"]
@@ -348,7 +350,8 @@ def test_install_and_render_in_real_comfyui(flow: Flow, comfyui_server, capsys: 
                        str(schemas), "--json", *flow.where]) == 0
     installed = _json(capsys)
     lora = Path(installed["lora_path"])
-    assert lora.parent == comfyui_server.loras_dir and installed["trigger_words"] == [TRIGGER]
+    assert lora.parent.resolve() == Path(comfyui_server.loras_dir).resolve()
+    assert installed["trigger_words"] == [TRIGGER]
     assert predict_not_loaded(lora, ArchSpec.sd3(2, text_encoders=("clip_l",))) == []
     prompt = f"{TRIGGER} a striped thing"
     mark = comfyui_server.log_mark()
