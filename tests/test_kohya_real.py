@@ -5,7 +5,8 @@ tiny model files of tests/kohya_real.py, with the trainer set up by `trainer/set
 LoRA renders in the real ComfyUI test server. Issue 12: resume continuity (item 2) and the diagnosis of the text-
 encoder caching assertion (item 1) on the real trainer; the --source install (item 6).
 
-Marker `kohya_real` (about 12 GB of RAM at its peak: run alone, e.g. under `flock /tmp/devserver-lora-heavy.lock`).
+Marker `kohya_real` (measured: 11 minutes, a peak of about 17 GB of RAM while sd-scripts loads the T5: run alone,
+e.g. under `flock /tmp/devserver-lora-heavy.lock`).
 Without the sd-scripts tree beside the clone the tests skip with NEEDS_SD_SCRIPTS.
 """
 
