@@ -188,7 +188,7 @@ def train_config(
     )
     if fam.name in SDPA_READERS:
         cfg["sdpa"] = True
-    if getattr(plan, "gpu", None) is None and h.mixed_precision in ("bf16", "fp16"):
+    if plan.gpu is None and h.mixed_precision in ("bf16", "fp16"):
         # On the CPU the VAE's half-precision convolutions are minutes per 64 px image where fp32 takes a second
         # (measured with the pinned sd-scripts here); train_network.py casts the VAE to fp32 with this flag.
         cfg["no_half_vae"] = True
