@@ -78,9 +78,10 @@ def test_cancel_then_resume_keeps_checkpoints_and_step_count(kohya_env, monkeypa
 
 def test_worker_lost_is_reconciled_and_resumable(kohya_env, monkeypatch):
     monkeypatch.setenv("STANDIN_STEP_S", "0.25")
-    job = kohya_env.job(max_train_steps=12)
+    # a state on an epoch boundary (4 steps per epoch): the only kind a Kohya resume goes back to
+    job = kohya_env.job(max_train_steps=12, save_every_n_steps=4)
     runner.start(job, kohya_env.settings, backend="kohya")
-    wait_for(lambda: any("step00000002" in e["path"] for e in kinds(job, "checkpoint")))
+    wait_for(lambda: any("step00000004" in e["path"] for e in kinds(job, "checkpoint")))
     os.killpg(job.info["pgid"], signal.SIGKILL)  # the machine "crashed" under the worker
     wait_for(lambda: not runner.runner_alive(job))
     assert runner.reconcile(job) == "failed"
