@@ -335,3 +335,15 @@ def test_sd15_plans_no_text_encoder_cache(ds):
     plan = make_plan("sd15", "fotostudio", ds, gpu=gpu_from_vram(24), backend="kohya",
                      overrides={"caption_dropout_rate": 0.05})
     assert not plan.memory.cache_text_encoder_outputs
+
+
+
+def test_kohya_plans_off_an_epoch_end_say_where_a_resumed_run_ends(ds):
+    """sd-scripts restarts its step count in each attempt and resumes at epoch starts (issue 12 item 2)."""
+    native = make_plan("sd35_large", "fotostudio", ds, gpu=gpu_from_vram(80), backend="native",
+                       overrides={"max_train_steps": 1001})
+    kohya = make_plan("sd35_large", "fotostudio", ds, gpu=gpu_from_vram(80), backend="kohya",
+                      overrides={"max_train_steps": 1001})
+    assert native.hyper.max_train_steps == kohya.hyper.max_train_steps == 1001
+    assert not any("not whole epochs" in e for e in native.explanations)
+    assert any("not whole epochs" in e and f"--epochs {kohya.hyper.epochs}" in e for e in kohya.explanations)

@@ -96,3 +96,11 @@ def test_final_hyperparameters_refuse_with_the_setting_s_path():
     with pytest.raises(PlanError) as exc:
         _final_hyperparameters(hyper, 100, 1, step_schedule(10, 1, 100, 1, 10))  # batch 100 > 64
     assert [p.path for p in exc.value.problems] == ["$.hyper.batch_size"]
+
+
+
+def test_whole_epochs_say_where_a_resumed_kohya_run_ends():
+    s = step_schedule(10, 1, 1, 1, 1000, steps=25, whole_epochs=True)
+    assert (s.epochs, s.max_steps) == (3, 25)
+    assert "after a resume sd-scripts ends at step 30, so plan --epochs 3" in s.explanation
+    assert "not whole epochs" not in step_schedule(10, 1, 1, 1, 1000, steps=30, whole_epochs=True).explanation

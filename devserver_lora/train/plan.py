@@ -479,15 +479,21 @@ def step_schedule(
     *,
     steps: int | None = None,
     epochs: int | None = None,
+    whole_epochs: bool = False,
 ) -> StepSchedule:
     """Kohya counts optimizer steps; an epoch is every image seen `repeats` times. Explicit `steps` win
-    (epochs rounded up to cover them), then explicit `epochs`, else the epoch count nearest the preset's
-    `target_steps` (at least one)."""
+    (epochs rounded up to cover them; with `whole_epochs`, a plan off an epoch end says where a resumed run ends), then explicit `epochs`, else the epoch
+    count nearest the preset's `target_steps` (at least one)."""
     per_epoch = max(1, math.ceil(math.ceil(num_images * repeats / batch) / accumulation))
     if steps is not None:
         max_steps = int(steps)
         n_epochs = max(1, math.ceil(max_steps / per_epoch))
         why = f"{max_steps} steps as requested ({n_epochs} epochs of {per_epoch} steps)"
+        if whole_epochs and max_steps != n_epochs * per_epoch:
+            # sd-scripts resumes at epoch starts only and restarts its step count per attempt (train_network.py),
+            # so after a resume a plan that ends mid-epoch runs on to the epoch's end: said now, not only then.
+            why += (f"; not whole epochs: after a resume sd-scripts ends at step {n_epochs * per_epoch}, so plan "
+                    f"--epochs {n_epochs} to end exactly where planned")
     elif epochs is not None:
         n_epochs = int(epochs)
         max_steps = n_epochs * per_epoch
@@ -584,7 +590,8 @@ def make_plan(
     explanations.extend([note] if note else [])
 
     schedule = step_schedule(
-        n, hyper.repeats, batch, accumulation, pre.target_steps, steps=explicit_steps, epochs=explicit_epochs
+        n, hyper.repeats, batch, accumulation, pre.target_steps, steps=explicit_steps, epochs=explicit_epochs,
+        whole_epochs=backend == "kohya",
     )
     explanations.append(schedule.explanation)
     hyper = _final_hyperparameters(hyper, batch, accumulation, schedule)
