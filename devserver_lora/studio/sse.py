@@ -9,14 +9,13 @@ state, and in any case after `sse_max_s` (the browser then reconnects from its l
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from ..train import runner
-from ..train.jobs import EVENTS_FILE, Job, parse_event_lines
+from ..train.jobs import Job
 from .views import file_url
 
 HEARTBEAT_S = 15.0
@@ -24,26 +23,8 @@ RECONCILE_S = 2.0
 
 
 def lines_after(job: Job, offset: int) -> tuple[list[tuple[int, dict[str, Any]]], int]:
-    """(offset after the line, event) for each whole line after `offset`, and the offset after the last one.
-    A line still being written waits for the next call; a file shorter than `offset` is read from its start."""
-    try:
-        fd = os.open(job.dir / EVENTS_FILE, os.O_RDONLY)
-    except FileNotFoundError:
-        return [], offset
-    try:
-        size = os.fstat(fd).st_size
-        if size < offset:
-            offset = 0
-        data = os.pread(fd, size - offset, offset) if size > offset else b""
-    finally:
-        os.close(fd)
-    out: list[tuple[int, dict[str, Any]]] = []
-    pos = offset
-    for line in data.split(b"\n")[:-1]:  # the part after the last newline is incomplete
-        pos += len(line) + 1
-        for event in parse_event_lines(line):
-            out.append((pos, event))
-    return out, pos
+    """(offset after the line, event) for each whole line after `offset` (Job.event_lines_after)."""
+    return job.event_lines_after(offset)
 
 
 def _rel(job: Job, path: str) -> str | None:

@@ -215,6 +215,11 @@ class Job:
         A line still being written (no newline yet) is left for the next call; a file shorter than `offset`
         (replaced) is read from its start again.
         """
+        lines, end = self.event_lines_after(offset)
+        return [event for _, event in lines], end
+
+    def event_lines_after(self, offset: int) -> tuple[list[tuple[int, dict[str, Any]]], int]:
+        """As `events_after`, each event with the byte offset just after its line (an SSE client's resume id)."""
         try:
             fd = os.open(self._path(EVENTS_FILE), os.O_RDONLY)
         except FileNotFoundError:
@@ -226,8 +231,12 @@ class Job:
             data = os.pread(fd, size - offset, offset) if size > offset else b""
         finally:
             os.close(fd)
-        end = data.rfind(b"\n") + 1
-        return parse_event_lines(data[:end]), offset + end
+        out: list[tuple[int, dict[str, Any]]] = []
+        pos = offset
+        for line in data.split(b"\n")[:-1]:  # the part after the last newline is incomplete
+            pos += len(line) + 1
+            out.extend((pos, event) for event in parse_event_lines(line))
+        return out, pos
 
     def summary(self) -> JobSummary:
         try:
