@@ -12,17 +12,15 @@ It holds a file lock, so two server processes (DevServer may run several) never 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from typing import Any
 
 from ..errors import DevserverLoraError, JobError
 from ..train import runner
 from ..train.events import ErrorEvent, LogEvent
-from ..train.jobs import Job
+from ..train.jobs import Job, exclusive_lock
 from .config import StudioConfig
 from .index import QUEUED_AT, Entry, JobIndex, is_queued
 
@@ -88,18 +86,8 @@ class Scheduler:
             job.append_event(ErrorEvent(diagnosis="not_started", message=exc.message, hint=exc.hint))
             job.set_state("failed", message=exc.message, hint=exc.hint, diagnosis="not_started")
 
-    @contextmanager
-    def _locked(self) -> Iterator[None]:
-        import fcntl
-
-        path = self.config.jobs_dir / LOCK_FILE
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
+    def _locked(self) -> AbstractContextManager[None]:
+        return exclusive_lock(self.config.jobs_dir / LOCK_FILE)
 
     # --- the background pump -----------------------------------------------------------------------------
     def start_thread(self) -> None:

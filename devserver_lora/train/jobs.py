@@ -55,6 +55,23 @@ def parse_event_lines(raw: bytes) -> list[dict[str, Any]]:
     return out
 
 
+@contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on `path` (created if missing), across processes."""
+    try:
+        import fcntl
+    except ImportError:  # not on POSIX: the callers' in-process locks are all there is
+        yield
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
 class JobSummary(BaseModel):
     id: str
     state: str
@@ -160,18 +177,8 @@ class Job:
     @contextmanager
     def _file_lock(self) -> Iterator[None]:
         """An exclusive lock across processes (the runner and its detached worker both update job.json)."""
-        try:
-            import fcntl
-        except ImportError:  # not on POSIX: the in-process lock is all we have
+        with exclusive_lock(self._path(LOCK_FILE)):
             yield
-            return
-        fd = os.open(self._path(LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
 
     # --- events ------------------------------------------------------------------
     def append_event(self, event: Event | dict[str, Any]) -> dict[str, Any]:
