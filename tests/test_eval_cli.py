@@ -7,26 +7,20 @@ import json
 from pathlib import Path
 
 import pytest
+from eval_jobs import tiny_native_job
 from kohya_standin import fixtures as standin_fixtures
 
 from devserver_lora.train import runner
-from devserver_lora.train.card import load_card
 from devserver_lora.train.cli import main
 from devserver_lora.train.evaluate.settings import load_eval_settings
 from devserver_lora.train.install import trained_on
-from devserver_lora.train.jobs import JobStore
-from devserver_lora.train.native import tiny
-from devserver_lora.train.plan import make_plan
 
 kohya_env = standin_fixtures.kohya_env
 
 
 @pytest.fixture
 def job(tmp_path: Path):
-    ds = tiny.write_planted_dataset(tmp_path / "ds", n=3, size=256)
-    plan = make_plan("sd35_large", "quick_test", ds, gpu=None, backend="native", output_name="cli",
-                     overrides={"resolution": 256, "max_train_steps": 12})
-    return JobStore(tmp_path / "jobs").create(plan, card=load_card(ds / "card.json"))
+    return tiny_native_job(tmp_path, "cli", 12)
 
 
 def _run(job, *argv: str) -> int:

@@ -7,25 +7,19 @@ import time
 from pathlib import Path
 
 import pytest
+from eval_jobs import tiny_native_job
 from PIL import Image
 
-from devserver_lora.train.card import load_card
 from devserver_lora.train.evaluate.listing import job_results
 from devserver_lora.train.evaluate.report import write_report
 from devserver_lora.train.evaluate.results import EVAL_DIR, RESULTS_FILE, EvaluationResult, SheetColumn, SheetRecord
 from devserver_lora.train.evaluate.samples import publish_sample
 from devserver_lora.train.events import ProgressEvent, SampleEvent
-from devserver_lora.train.jobs import JobStore
-from devserver_lora.train.native import tiny
-from devserver_lora.train.plan import make_plan
 
 
 @pytest.fixture
 def job(tmp_path: Path):
-    ds = tiny.write_planted_dataset(tmp_path / "ds", n=3, size=256)
-    plan = make_plan("sd35_large", "quick_test", ds, gpu=None, backend="native", output_name="listed",
-                     overrides={"resolution": 256, "max_train_steps": 4})
-    return JobStore(tmp_path / "jobs").create(plan, card=load_card(ds / "card.json"))
+    return tiny_native_job(tmp_path, "listed", 4)
 
 
 def _sheet(kind: str, file: str) -> SheetRecord:

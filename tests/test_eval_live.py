@@ -8,25 +8,19 @@ import time
 from pathlib import Path
 
 import pytest
+from eval_jobs import tiny_native_job
 from kohya_standin import fixtures as standin_fixtures
 
 from devserver_lora.train import runner
-from devserver_lora.train.card import load_card
 from devserver_lora.train.evaluate import live, lossplot
 from devserver_lora.train.events import ProgressEvent
-from devserver_lora.train.jobs import JobStore
-from devserver_lora.train.native import tiny
-from devserver_lora.train.plan import make_plan
 
 kohya_env = standin_fixtures.kohya_env
 
 
 @pytest.fixture
 def job(tmp_path: Path):
-    ds = tiny.write_planted_dataset(tmp_path / "ds", n=3, size=256)
-    plan = make_plan("sd35_large", "quick_test", ds, gpu=None, backend="native", output_name="live",
-                     overrides={"resolution": 256, "max_train_steps": 40})
-    return JobStore(tmp_path / "jobs").create(plan, card=load_card(ds / "card.json"))
+    return tiny_native_job(tmp_path, "live", 40)
 
 
 def _until(check, timeout_s: float = 20.0) -> bool:
