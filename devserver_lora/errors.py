@@ -195,3 +195,7 @@ class BackendError(TrainingError):
 
 class JobError(TrainingError):
     """A training job is unknown, in the wrong state, or its folder is damaged."""
+
+
+class GpuBusyError(JobError):
+    """Another job of the same job store is training: one GPU trains one job at a time (queue this one)."""

@@ -35,7 +35,7 @@ TRAIN_LAYERS: list[set[str]] = [
      "train.evaluate.results", "train.evaluate.sheets", "train.evaluate.metrics", "train.evaluate.report_html",
      "train.evaluate.report", "train.evaluate.live", "train.evaluate.listing"},
     {"train.kohya", "train.native", "train.backends", "train.runner"},
-    {"train.install"},
+    {"train.install", "train.gpu_queue"},
     {"train.progress_view"},
     # `evaluate`: renders through ComfyUI, so it sits with the demo above everything it evaluates.
     {"train.evaluate", "train.evaluate.render", "train.evaluate.run"},

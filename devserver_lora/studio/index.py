@@ -19,16 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import JobError
+from ..train.gpu_queue import QUEUED_AT, is_queued
 from ..train.jobs import EVENTS_FILE, JOB_FILE, Job, JobStore
 from ..train.runner import FINAL_STATES
-
-# A queued job (queue.py) carries `queued_at` in job.json; its state is what it was (a resume waits as failed/cancelled).
-QUEUED_AT = "queued_at"
-WAITING_STATES = ("created", "failed", "cancelled")
-
-
-def is_queued(info: dict[str, Any]) -> bool:
-    return info.get(QUEUED_AT) is not None and info.get("state") in WAITING_STATES
 
 
 @dataclass

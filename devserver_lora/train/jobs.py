@@ -55,9 +55,20 @@ def parse_event_lines(raw: bytes) -> list[dict[str, Any]]:
     return out
 
 
+_HELD = threading.local()
+
+
 @contextmanager
 def exclusive_lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock on `path` (created if missing), across processes."""
+    """An exclusive advisory lock on `path` (created if missing), across processes.
+
+    Re-entrant within one thread: the Studio's queue holds the GPU lock while it calls `runner.start`, which takes
+    it too (a second flock on a new descriptor of the same file would wait for itself forever)."""
+    key = os.path.abspath(path)
+    held: set[str] = _HELD.__dict__.setdefault("paths", set())
+    if key in held:
+        yield
+        return
     try:
         import fcntl
     except ImportError:  # not on POSIX: the callers' in-process locks are all there is
@@ -66,8 +77,10 @@ def exclusive_lock(path: Path) -> Iterator[None]:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
+        held.add(key)
         yield
     finally:
+        held.discard(key)
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
 
@@ -262,6 +275,9 @@ class Job:
         )
 
 
+JobInfos = list[tuple[Job, dict[str, Any]]]  # a name of its own: JobStore.list shadows `list` in its body
+
+
 class JobStore:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).expanduser()
@@ -355,3 +371,17 @@ class JobStore:
 
     def list(self) -> list[JobSummary]:
         return [Job(self.root, i).summary() for i in self._ids()]
+
+    def infos(self) -> JobInfos:
+        """Every job with its job.json, in no order (a damaged folder is left out: it can neither run nor wait)."""
+        found: JobInfos = []
+        if not self.root.is_dir():
+            return found
+        for path in self.root.iterdir():
+            if path.is_dir() and (path / JOB_FILE).is_file():
+                job = Job(self.root, path.name)
+                try:
+                    found.append((job, job.info))
+                except JobError:
+                    continue
+        return found

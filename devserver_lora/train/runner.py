@@ -21,12 +21,13 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from ..errors import BackendError, DevserverLoraError, JobError
+from ..errors import BackendError, DevserverLoraError, GpuBusyError, JobError
 from ..invocation import python
 from ..paths import atomic_write_json
 from .events import ErrorEvent, JobState, StateEvent
@@ -37,6 +38,7 @@ if TYPE_CHECKING:  # jobs and settings load lazily here (the worker imports them
 
 RUNNER_MODULE = "devserver_lora.train.runner"
 FINAL_STATES = ("done", "failed", "cancelled")
+GPU_LOCK = ".gpu-queue.lock"  # in the jobs folder: held while a job is checked and started, and by the queue
 
 
 def pid_alive(pid: int | None, *, marker: str | None = None) -> bool:
@@ -89,6 +91,35 @@ def start(
         raise JobError(f"job {job.id} is already done", hint=f"install it with `install {job.id}`")
     if resume and state == "created":
         raise JobError(f"job {job.id} never ran, so there is nothing to resume", hint=f"use `run {job.id}`")
+    with gpu_lock(job.dir.parent):
+        busy = training_elsewhere(job)
+        if busy is not None:
+            raise GpuBusyError(
+                f"the GPU is busy: job {busy.id} is training, and one GPU trains one job at a time",
+                hint=f"`run {job.id} --wait` starts it when the GPU is free (in queue order with the Studio's); "
+                     f"`status {busy.id} --follow` shows the running one")
+        return _spawn(job, settings, backend=backend, resume=resume, num_processes=num_processes, python=python,
+                      env=env)
+
+
+def gpu_lock(jobs_dir: Path) -> AbstractContextManager[None]:
+    from .jobs import exclusive_lock
+
+    return exclusive_lock(jobs_dir / GPU_LOCK)
+
+
+def training_elsewhere(job: Job) -> Job | None:
+    """Another job of `job`'s store whose worker is training now (a dead one is recorded as failed on the way)."""
+    from .jobs import JobStore
+
+    for other, info in JobStore(job.dir.parent).infos():
+        if other.id != job.id and info.get("state") == "running" and reconcile(other) == "running":
+            return other
+    return None
+
+
+def _spawn(job: Job, settings: Settings, *, backend: str, resume: bool, num_processes: int, python: str | None,
+           env: dict[str, str] | None) -> int:
     settings_path = job.work_dir / "runner_settings.json"
     atomic_write_json(settings_path, settings.model_dump(mode="json"))
     argv = [python or sys.executable, "-m", RUNNER_MODULE, "--job-dir", str(job.dir), "--backend", backend,

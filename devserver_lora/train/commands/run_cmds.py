@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ...console import err, out, print_json
+from ...errors import GpuBusyError
 from ...invocation import train_command
 from .. import runner
 from ..backends import BACKEND_NAMES
@@ -53,7 +54,15 @@ def _cmd_run(args: argparse.Namespace, *, resume: bool = False) -> int:
     job = _job_or_new(settings, args.job)
     if not args.no_preflight and _refused_by_preflight(job, settings, args):
         return 1
-    pid = runner.start(job, settings, backend=args.backend, resume=resume, num_processes=args.num_processes)
+    try:
+        pid = runner.start(job, settings, backend=args.backend, resume=resume, num_processes=args.num_processes)
+    except GpuBusyError as exc:
+        if not args.wait:
+            raise
+        waited = _wait_for_gpu(job, settings, args, resume=resume, busy=exc)
+        if waited is None:
+            return 1
+        pid = waited
     if args.json:
         print_json({"job": job.id, "pid": pid, "state": job.state, "resume": resume})
         if args.detach:
@@ -68,6 +77,23 @@ def _cmd_run(args: argparse.Namespace, *, resume: bool = False) -> int:
     if args.json:
         print_json({"job": job.id, "state": state, "info": job.info})
     return 0 if state in ("done", "running") else 1
+
+
+def _wait_for_gpu(job: Job, settings: Settings, args: argparse.Namespace, *, resume: bool,
+                  busy: GpuBusyError) -> int | None:
+    """Queue the job (the Studio's queue: one order for both) and pump it until the job starts; its worker pid."""
+    from .. import gpu_queue
+
+    gpu_queue.enqueue(job, resume=resume, backend=args.backend, num_processes=args.num_processes)
+    err.print(f"{busy.message}. Job {job.id} is queued ({gpu_queue.position(job) or 0} before it) and starts when "
+              f"the GPU is free; Ctrl-C leaves it queued, `{train_command(f'cancel {job.id}')}` takes it out",
+              highlight=False)
+    state = gpu_queue.wait_turn(job, settings, timeout_s=args.timeout)
+    if state != "running":
+        still = gpu_queue.is_queued(job.info)
+        err.print(f"job {job.id} {'is still queued' if still else f'did not start ({state})'}", highlight=False)
+        return None
+    return int(job.info["pid"])
 
 
 def _refused_by_preflight(job: Job, settings: Settings, args: argparse.Namespace) -> bool:
@@ -159,7 +185,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def _cmd_cancel(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     job = _store(settings).get(args.job)
-    state = runner.cancel(job, grace_s=args.grace)
+    from .. import gpu_queue
+
+    if gpu_queue.is_queued(job.info):  # waiting for the GPU: out of the queue, so no pump starts it later
+        state = gpu_queue.withdraw(job)
+    else:
+        state = runner.cancel(job, grace_s=args.grace)
     kept = [p.name for p in sorted(Path(job.outputs_dir).glob("*.safetensors"))]
     if args.json:
         print_json({"job": job.id, "state": state, "checkpoints": kept})
@@ -178,6 +209,8 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
                    help="kohya (sd-scripts in its venv), native, or auto (kohya if configured; default)")
     p.add_argument("--num-processes", type=int, default=1, help="GPUs to use via `accelerate launch` (Kohya)")
     p.add_argument("--detach", action="store_true", help="start and return at once (default: show progress)")
+    p.add_argument("--wait", action="store_true",
+                   help="if another job is training, queue this one and start it when the GPU is free")
     p.add_argument("--no-preflight", action="store_true",
                    help="start without checking the Kohya setup first (the check starts the venv's Python)")
     p.add_argument("--timeout", type=float, default=7 * 24 * 3600.0, help="stop following after this many seconds")
