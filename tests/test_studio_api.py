@@ -83,6 +83,45 @@ def test_upload_several_files_with_captions(studio: Any) -> None:
     assert len(r.json["images"]) == 3 and all(i["caption"] for i in r.json["images"])
 
 
+def _too_small(view: dict[str, Any]) -> set[str]:
+    return {i["file"] for i in view["images"] if any(p["code"] == "image_too_small" for p in i["problems"])}
+
+
+def test_image_sizes_are_judged_for_the_chosen_resolution_and_rejudged_for_the_plans(studio: Any) -> None:
+    """256 px images are small for SD3.5's 1024 px but right for a 256 px training: the upload judges them at the
+    resolution the page sends, and the view re-judges them at the plan's without reading the images again."""
+    client, _st, tmp = studio
+    zipped = planted_zip(tmp / "src")
+    good = {f"square_0{i}.png" for i in range(4)}
+    at_1024 = upload(client, "alice", "big", [(zipped, "a.zip")], family="sd35_large")
+    assert at_1024.status_code == 201 and at_1024.json["resolution"] == 1024 and _too_small(at_1024.json) == good
+    at_256 = upload(client, "alice", "small", [(zipped, "a.zip")], family="sd35_large", preset="fotostudio",
+                    resolution="256")
+    assert at_256.status_code == 201 and at_256.json["resolution"] == 256 and _too_small(at_256.json) == set()
+    rejudged = client.get("/api/lora/datasets/small?resolution=1024", headers=user("alice")).json
+    assert rejudged["resolution"] == 1024 and _too_small(rejudged) == good
+    hint = next(p for i in rejudged["images"] for p in i["problems"] if p["code"] == "image_too_small")["hint"]
+    assert "724x724" in hint  # half the area of 1024 x 1024, the check's own threshold
+    # the broken image keeps its error; judging sizes changes nothing else
+    assert [i["problems"] for i in rejudged["images"] if i["file"] == BAD_IMAGE] == \
+           [i["problems"] for i in at_256.json["images"] if i["file"] == BAD_IMAGE]
+    assert _too_small(client.get("/api/lora/datasets/big?resolution=256", headers=user("alice")).json) == set()
+    # stored views stay as uploaded
+    assert _too_small(client.get("/api/lora/datasets/small", headers=user("alice")).json) == set()
+
+
+def test_bad_upload_resolution_or_preset_is_refused_by_field_and_writes_nothing(studio: Any) -> None:
+    client, st, tmp = studio
+    zipped = planted_zip(tmp / "src", bad=False)
+    before = snapshot(st.config.data_dir)
+    for bad in ("4096", "100", "big", "512.5"):
+        assert _fields(upload(client, "alice", "x", [(zipped, "a.zip")], resolution=bad)) == {"resolution"}
+    assert _fields(upload(client, "alice", "x", [(zipped, "a.zip")], preset="nope")) == {"preset"}
+    assert snapshot(st.config.data_dir) == before
+    assert upload(client, "alice", "x", [(zipped, "a.zip")]).status_code == 201
+    assert _fields(client.get("/api/lora/datasets/x?resolution=99999", headers=user("alice"))) == {"resolution"}
+
+
 def test_each_upload_refusal_writes_nothing(studio: Any) -> None:
     client, st, tmp = studio
     home = st.config.data_dir

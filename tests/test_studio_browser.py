@@ -180,6 +180,9 @@ def test_a_whole_job_from_the_page(tmp_path: Path) -> None:
         bad = css(driver, "#dataset-images > li.bad")
         assert [li.get_attribute("data-file") for li in bad] == [BAD_IMAGE], [li.text for li in bad]
         assert "Error" in bad[0].text
+        # The upload sent the chosen 256 px, so the 256 px images are not called small (as they are for 1024 px).
+        assert "256 px" in text_of(driver, "dataset-resolution")
+        assert "small for training" not in text_of(driver, "dataset-images")
         loaded = ("return [...document.querySelectorAll(arguments[0])]"
                   ".filter(i => i.complete && i.naturalWidth > 0).length")
         wait_until(driver, lambda d: d.execute_script(loaded, "#dataset-images > li:not(.bad) img") == 4, 30,

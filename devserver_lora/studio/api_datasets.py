@@ -13,6 +13,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from ..paths import check_simple_name
 from ..train.card import DatasetCard
 from ..train.families import FAMILIES
+from ..train.presets import load_presets
 from .datasets import (
     THUMBS_DIR,
     check_dataset_name,
@@ -21,6 +22,8 @@ from .datasets import (
     read_card,
     read_view,
     receive,
+    rejudge_sizes,
+    resolution_arg,
     write_card,
 )
 from .identity import is_teacher, require_user
@@ -28,8 +31,11 @@ from .replies import StudioRefusal, field, fields_from_validation
 from .state import Studio
 
 
-def dataset_view(base: str, folder: Path) -> dict[str, Any]:
+def dataset_view(base: str, folder: Path, *, resolution: int | None = None) -> dict[str, Any]:
+    """The dataset as the page shows it; with `resolution`, each image's size judged for training at that size."""
     view = read_view(folder)
+    if resolution is not None:
+        rejudge_sizes(view, resolution)
     name = folder.name
     owner = view.get("owner")
     query = f"?owner={quote(owner)}" if owner else ""
@@ -75,7 +81,12 @@ def register(bp: Blueprint, studio: Studio) -> None:
         if family not in FAMILIES:
             raise StudioRefusal(400, f"unknown model family {family!r}", hint=f"one of {', '.join(FAMILIES)}",
                                 fields=[field("family", "unknown family", f"one of {', '.join(FAMILIES)}")])
-        folder = receive(config, user, name, files, family=family)
+        preset = form.get("preset") or None
+        if preset is not None and preset not in load_presets():
+            raise StudioRefusal(400, f"unknown preset {preset!r}", hint="choose one of GET /api/lora/presets",
+                                fields=[field("preset", "unknown preset", "choose one from the list")])
+        resolution = resolution_arg(form.get("resolution"), where="resolution")
+        folder = receive(config, user, name, files, family=family, preset=preset, resolution=resolution)
         return jsonify(dataset_view(request.script_root, folder)), 201
 
     @bp.get("/api/lora/datasets")
@@ -87,7 +98,9 @@ def register(bp: Blueprint, studio: Studio) -> None:
 
     @bp.get("/api/lora/datasets/<name>")
     def show(name: str) -> Any:
-        return jsonify(dataset_view(request.script_root, folder_for(name)))
+        folder = folder_for(name)
+        resolution = resolution_arg(request.args.get("resolution"), where="resolution")
+        return jsonify(dataset_view(request.script_root, folder, resolution=resolution))
 
     @bp.get("/api/lora/datasets/<name>/thumbs/<file>")
     def thumb(name: str, file: str) -> Any:

@@ -31,13 +31,14 @@ from werkzeug.datastructures import FileStorage
 from ..errors import Problem, UnsafePathError
 from ..paths import atomic_write_json, check_simple_name, safe_join
 from ..train.card import CARD_FILE, DatasetCard, load_card
-from ..train.dataset.checks import CheckOptions, CheckReport, run_checks
+from ..train.dataset.checks import TOO_SMALL, CheckOptions, CheckReport, run_checks, too_small
 from ..train.dataset.importers import CAPTION_EXTENSION, METADATA_FILE, is_image_name, open_source
 from ..train.dataset.manifest import DATASET_MANIFEST
 from ..train.dataset.normalise import prepare_dataset
 from ..train.dataset.zipsafe import ZipLimits
 from .config import StudioConfig
 from .identity import owner_key
+from .ranges import RESOLUTION
 from .replies import StudioRefusal, field, problem_dict
 
 SOURCE_DIR = "source"
@@ -143,11 +144,41 @@ def _view(report: CheckReport, items: list[Any], thumbs: dict[str, str], owner: 
         })
     usable = sum(1 for i in images if not any(p["severity"] == "error" for p in i["problems"]))
     blocking = usable == 0 or any(p.severity == "error" for p in overall)
-    return {"name": name, "owner": owner, "kind": kind, "images": images,
+    return {"name": name, "owner": owner, "kind": kind, "images": images, "resolution": report.resolution,
             "problems": [problem_dict(p) for p in overall], "blocking": blocking, "usable": usable}
 
 
-def receive(config: StudioConfig, owner: str, name: str, uploads: list[FileStorage], *, family: str) -> Path:
+def resolution_arg(value: str | None, *, where: str) -> int | None:
+    """A training resolution sent with a request (form field or query), held to the Studio's range."""
+    if value is None or value == "":
+        return None
+    low, high = RESOLUTION
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if not low <= number <= high:
+        raise StudioRefusal(400, f"resolution {value!r} is not a whole number of pixels from {low} to {high}",
+                            hint=f"send a resolution between {low} and {high} px",
+                            fields=[field(where, "out of range", f"a whole number from {low} to {high}")])
+    return number
+
+
+def rejudge_sizes(view: dict[str, Any], resolution: int) -> None:
+    """Judge each image's stored size for training at `resolution` (dataset.checks.too_small, the check's own verdict):
+    the upload was checked at one resolution, the plan may train at another."""
+    for image in view["images"]:
+        kept = [p for p in image["problems"] if p.get("code") != TOO_SMALL]
+        if image.get("width") and image.get("height"):
+            small = too_small(int(image["width"]), int(image["height"]), resolution, file=image["file"])
+            if small is not None:
+                kept.append(problem_dict(small))
+        image["problems"] = kept
+    view["resolution"] = resolution
+
+
+def receive(config: StudioConfig, owner: str, name: str, uploads: list[FileStorage], *, family: str,
+            preset: str | None = None, resolution: int | None = None) -> Path:
     """Store, check and thumbnail an upload as dataset `name` of `owner`; all or nothing."""
     target = dataset_dir(config, owner, name)
     if target.exists():
@@ -159,7 +190,7 @@ def receive(config: StudioConfig, owner: str, name: str, uploads: list[FileStora
         limits = ZipLimits(max_total_bytes=config.limits.max_zip_bytes, max_members=config.limits.max_zip_members)
         (staging / THUMBS_DIR).mkdir()
         with open_source(source, zip_limits=limits) as src:
-            report = run_checks(src, CheckOptions(family=family, workers=1))
+            report = run_checks(src, CheckOptions(family=family, preset=preset, resolution=resolution, workers=1))
             thumbs = {}
             for item, res in zip(src.items, report.images, strict=True):
                 thumb = _thumb_name(item.source)

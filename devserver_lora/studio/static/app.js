@@ -5,7 +5,7 @@
    project     #output-name #trigger #family #backend #gpu, presets: input[name=preset] (value = preset id),
                values: #hyper-<key> (e.g. #hyper-max_train_steps), #hyper-reset
    dataset     #upload-form #dataset-name #dataset-files #upload-button #upload-status #dataset-select
-               #dataset-result #dataset-blocking #dataset-ok #dataset-problems #dataset-images (li.bad = blocking)
+               #dataset-result #dataset-blocking #dataset-ok #dataset-resolution #dataset-problems #dataset-images (li.bad = blocking)
    card        #card-form, fields #card-<DatasetCard field> (title source rights_holder licence consent
                cultural_context approved_by description language tags), #card-save #card-status
    plan        #plan-status #plan-problems #plan-facts #plan-memory #command #copy-command #copy-status
@@ -313,6 +313,11 @@ async function upload(ev) {
   const files = $("dataset-files").files;
   const form = new FormData();
   form.append("name", $("dataset-name").value.trim());
+  // Image sizes are judged for the resolution chosen now; a plan at another resolution re-judges them (rejudgeSizes).
+  form.append("family", $("family").value);
+  if (S.preset) form.append("preset", S.preset.id);
+  const px = readHyper().resolution;
+  if (px) form.append("resolution", String(px));
   for (const f of files) form.append("files", f, f.name);
   say("upload-status", "uploading", { n: files.length });
   $("upload-button").disabled = true;
@@ -353,6 +358,7 @@ function renderDataset(view) {
   $("dataset-blocking").hidden = !view.blocking;
   $("dataset-blocking").textContent = t("dataset_blocking", { n: Math.max(errors, 1) });
   $("dataset-ok").hidden = view.blocking;
+  $("dataset-resolution").textContent = view.resolution ? t("dataset_resolution", { px: view.resolution }) : "";
   $("dataset-problems").replaceChildren(...view.problems.concat(view.card_problems || []).map(problemItem));
   $("dataset-images").replaceChildren(...view.images.map((im) => {
     const bad = im.problems.some((p) => p.severity === "error");
@@ -424,10 +430,21 @@ async function makePlan() {
   }
 }
 
+async function rejudgeSizes(px) {
+  const ds = S.dataset;
+  if (!ds || !px || ds.resolution === px) return;
+  const owner = ds.owner && ds.owner !== S.user ? "&owner=" + encodeURIComponent(ds.owner) : "";
+  try {
+    const view = await api("GET", "/datasets/" + encodeURIComponent(ds.name) + "?resolution=" + px + owner);
+    if (S.dataset && S.dataset.name === ds.name) { S.dataset = view; renderDataset(view); }
+  } catch (e) { setStatus("upload-status", e.describe ? e.describe() : String(e), true); }
+}
+
 function renderPlan(res) {
   S.plan = res;
   $("plan-output").hidden = false;
   const plan = res.plan || {}, hyper = plan.hyper || {}, mem = res.memory || plan.memory || {};
+  rejudgeSizes(hyper.resolution);
   const problems = res.problems || [];
   say("plan-status", problems.some((p) => p.severity === "error") ? "plan_bad" : "plan_ok");
   $("plan-problems").replaceChildren(...problems.map(problemItem));

@@ -49,7 +49,18 @@ from .importers import Source
 from .likeness import Likeness, likeness, near_copies
 
 RESIZE_POLICIES = ("fit", "crop", "keep")
+TOO_SMALL = "image_too_small"
 INLINE_BELOW = 16  # fewer images than this: no process pool (starting one costs more than it saves)
+
+
+def too_small(width: int, height: int, target: int, *, fraction: float = 0.5, file: str | None = None) -> Problem | None:
+    """The one verdict on an image's size for training at `target` px (the Studio re-judges stored sizes with it when
+    the resolution changes, without reading the images again)."""
+    if width * height >= fraction * target * target:
+        return None
+    side = int(target * fraction ** 0.5)
+    return Problem(f"{width}x{height} px is small for training at {target} px; it will be blurry", file=file,
+                   code=TOO_SMALL, severity="warning", hint=f"use images of at least {side}x{side} px or a lower resolution")
 
 
 @dataclass(frozen=True)
@@ -264,10 +275,9 @@ def analyse_image(path: str, source: str, opts: CheckOptions) -> ImageResult:
     img = _to_rgb(img, _png_bit_depth(data), note)
     res.dhash = dhash(img)
     res.likeness = likeness(img)
-    target = opts.target_resolution()
-    if width * height < opts.small_area_fraction * target * target:
-        note("image_too_small", f"{width}x{height} px is small for training at {target} px; it will be blurry",
-             "warning", hint=f"use images of at least {int(target * 0.71)}x{int(target * 0.71)} px or a lower resolution")
+    small = too_small(width, height, opts.target_resolution(), fraction=opts.small_area_fraction, file=source)
+    if small is not None:
+        res.problems.append(small)
     aspect = max(width, height) / max(1, min(width, height))
     if aspect > opts.max_aspect_ratio:
         note("extreme_aspect_ratio", f"aspect ratio {aspect:.1f}:1 is extreme; most of it will be cropped away",
