@@ -102,27 +102,43 @@ def devserver_python(checkout: Path) -> Path:
 
 
 # ----------------------------------------------------------------------------- the working copy
-def readme_snippet() -> str:
-    """The app-factory lines of the README, verbatim (the ```python block that calls install_into_devserver)."""
+def _readme_block(call: str) -> str:
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
-    found = [b for b in blocks if "install_into_devserver(" in b]
+    found = [b for b in blocks if call in b]
     if len(found) != 1:
-        raise AssertionError(f"README.md should hold exactly one python block calling install_into_devserver: {found}")
+        raise AssertionError(f"README.md should hold exactly one python block calling {call}: {found}")
     return found[0]
 
 
-def working_copy(checkout: Path, dest: Path, *, snippet: str | None) -> Path:
+def readme_snippet() -> str:
+    """The app-factory lines of the README, verbatim (the ```python block that calls install_into_devserver)."""
+    return _readme_block("install_into_devserver(")
+
+
+def readme_mount_snippet() -> str:
+    """The README's lines that mount the LoRA Studio into DevServer's app, verbatim."""
+    return _readme_block("mount(app")
+
+
+def _insert_after(text: str, anchor: str, lines: str) -> str:
+    if text.count(anchor) != 1:
+        raise AssertionError(f"DevServer's create_app() changed: no single {anchor.strip()!r}")
+    return text.replace(anchor, anchor + lines)
+
+
+def working_copy(checkout: Path, dest: Path, *, snippet: str | None, mount_snippet: str | None = None) -> Path:
     """Copy DevServer's `devserver/` to `dest/devserver`; put `snippet` into create_app() after
-    reload_user_settings(), where the README says. Returns the copy's root (DevServer's BASE_DIR)."""
+    reload_user_settings() and `mount_snippet` after `Compress(app)`, where the README says. Returns the copy's root
+    (DevServer's BASE_DIR)."""
     shutil.copytree(checkout / "devserver", dest / "devserver", ignore=COPY_IGNORE, symlinks=True)
+    factory = dest / "devserver" / "my_app" / "__init__.py"
+    text = factory.read_text(encoding="utf-8")
     if snippet is not None:
-        factory = dest / "devserver" / "my_app" / "__init__.py"
-        text = factory.read_text(encoding="utf-8")
-        anchor = "    reload_user_settings()\n"
-        if text.count(anchor) != 1:
-            raise AssertionError("DevServer's create_app() changed: no single `reload_user_settings()` call")
-        factory.write_text(text.replace(anchor, anchor + snippet), encoding="utf-8")
+        text = _insert_after(text, "    reload_user_settings()\n", snippet)
+    if mount_snippet is not None:
+        text = _insert_after(text, "    Compress(app)\n", mount_snippet)
+    factory.write_text(text, encoding="utf-8")
     return dest
 
 
@@ -288,6 +304,7 @@ def devserver_env(root: Path, *, loras_dir: Path, comfyui_dir: Path, swarm_url: 
         "HF_HUB_OFFLINE": "1",
         "PYTHONUNBUFFERED": "1",
         "PORT": "0",  # not DevServer's production port (17801), so no Secure-only cookies
+        "HOME": str(root / "home"),  # the README's Studio keeps its data in ~/devserver-lora
     })
     return env
 

@@ -21,6 +21,7 @@ from devserver_harness import (
     SwarmStandIn,
     devserver_env,
     devserver_python,
+    readme_mount_snippet,
     readme_snippet,
     running_devserver,
     start_and_wait_for_exit,
@@ -66,7 +67,8 @@ def _config(folder: Path, name: str, loras: list[LoraSpec] | None = None) -> Non
 @pytest.fixture(scope="module")
 def app(checkout: Path, python: Path, tmp_path_factory: pytest.TempPathFactory):
     """DevServer with the plugin, its LoRA configs and LoRA files, rendering into the recording stand-in."""
-    root = working_copy(checkout, tmp_path_factory.mktemp("devserver"), snippet=readme_snippet())
+    root = working_copy(checkout, tmp_path_factory.mktemp("devserver"), snippet=readme_snippet(),
+                        mount_snippet=readme_mount_snippet())
     out = root / "devserver" / "schemas" / "configs" / "output"
     loras = root / "ai_tools" / "SwarmUI" / "Models" / "loras"
     loras.mkdir(parents=True)
@@ -218,6 +220,42 @@ def test_interception_loras_reach_a_config_without_loras_unknown_keys_and_all(ap
     (lora,) = _loras(graph).values()
     assert lora["inputs"]["lora_name"] == "noted.safetensors" and lora["inputs"]["strength_model"] == 0.6
     assert app.log().count("does not read: note") == 1
+
+
+def test_the_studio_mounted_by_the_readme_serves_devservers_own_app(app) -> None:
+    """The README's mount() in DevServer's real create_app(): the page at /lora, names typed on the page, teachers
+    from DevServer's own settings login (granted on localhost), and /api/training/* answered by this package (its
+    preflight refuses a start this venv cannot train, leaving nothing behind), not by DevServer's shell trainer."""
+    import httpx
+
+    data = app.root / "home" / "devserver-lora"
+    with httpx.Client(base_url=app.url, timeout=60) as admin, httpx.Client(base_url=app.url, timeout=60) as student:
+        page = student.get("/lora")
+        assert page.status_code == 200 and 'id="dataset-files"' in page.text, page.text[:300]
+        ada = {"X-Studio-User": "ada"}
+        assert student.get("/api/lora/me", headers=ada).json() == {"user": "ada", "teacher": False, "mounted": False}
+        assert admin.get("/api/settings/check-auth").json()["authenticated"] is True  # DevServer's localhost login
+        assert admin.get("/api/lora/me", headers=ada).json()["teacher"] is True
+        assert student.get("/api/lora/me", headers=ada).json()["teacher"] is False
+        status = student.get("/api/training/status").json()
+        assert status["is_training"] is False and set(status) >= {"project_name", "progress", "log_lines", "vram"}
+        refused = student.post("/api/training/start", data={"project_name": "../up"},
+                               files=[("images", ("a.png", _png_bytes(), "image/png"))])
+        assert refused.status_code == 400 and "not usable" in refused.json()["message"]
+        started = student.post("/api/training/start", data={"project_name": "ada_test", "trigger_word": "adire"},
+                               files=[("images", (f"{i}.png", _png_bytes(), "image/png")) for i in range(3)])
+        # DevServer's own route would answer "Training started" and run bash; ours plans and checks the backend.
+        assert started.status_code == 400, started.text
+        assert "cannot start this job here" in started.json()["message"], started.json()
+    jobs = [p.name for p in (data / "jobs").iterdir() if p.is_dir()]
+    assert data.is_dir() and jobs == [], f"a refused start leaves no job behind: {jobs}"
+    assert not list(data.rglob("view.json")), "nor its uploaded dataset"
+
+
+def _png_bytes() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (30, 90, 160)).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def test_devserver_does_not_start_without_its_loras_folder(checkout: Path, python: Path,

@@ -106,6 +106,10 @@ def test_image_sizes_are_judged_for_the_chosen_resolution_and_rejudged_for_the_p
     assert [i["problems"] for i in rejudged["images"] if i["file"] == BAD_IMAGE] == \
            [i["problems"] for i in at_256.json["images"] if i["file"] == BAD_IMAGE]
     assert _too_small(client.get("/api/lora/datasets/big?resolution=256", headers=user("alice")).json) == set()
+    # A preset without a resolution: the preset's (fotostudio: 512 px), and only that: the number of images is
+    # judged by the plan, as the preset may still change (5 images are too few for fotostudio, fine for quick_test).
+    foto = upload(client, "alice", "foto", [(zipped, "a.zip")], family="sd35_large", preset="fotostudio")
+    assert foto.json["resolution"] == 512 and _too_small(foto.json) == good and foto.json["blocking"] is False
     # stored views stay as uploaded
     assert _too_small(client.get("/api/lora/datasets/small", headers=user("alice")).json) == set()
 
@@ -391,6 +395,66 @@ def test_mounted_users_come_from_the_session(tmp_path: Path) -> None:
     assert client.get("/api/lora/me").json == {"user": "t", "teacher": True, "mounted": True}
     assert client.get("/api/lora/jobs").json == {"jobs": [], "queue": []}
     assert client.get("/lora").status_code == 200 and b"<html" in client.get("/lora").data.lower()
+
+
+def test_mounted_without_accounts_teachers_come_from_the_hosts_own_check(tmp_path: Path) -> None:
+    """DevServer has no user accounts: names are typed on the page, and a teacher is whoever the host's own check
+    passes (its settings login), never whoever types a teacher's name."""
+    from flask import Flask, session
+
+    from devserver_lora.studio import mount
+
+    app = Flask("devserver_standin")
+    app.secret_key = "test"
+
+    @app.post("/login")
+    def login() -> Any:
+        session["settings_authenticated"] = True
+        return {"success": True}
+
+    mount(app, data_dir=tmp_path / "home", teacher=lambda: session.get("settings_authenticated") is True,
+          queue_poll_s=0, detect_gpu=False)
+    admin, student = app.test_client(), app.test_client()
+    assert student.get("/api/lora/me", headers=user("frau_meyer")).json == {
+        "user": "frau_meyer", "teacher": False, "mounted": False}
+    assert admin.post("/login").status_code == 200
+    assert admin.get("/api/lora/me", headers=user("frau_meyer")).json["teacher"] is True
+    assert admin.get("/api/lora/me").json == {"user": None, "teacher": False, "mounted": False}  # still needs a name
+    r = student.get("/api/lora/jobs?all=1", headers=user("frau_meyer"))
+    assert r.status_code == 403 or r.json["jobs"] == []
+
+
+def test_mount_refuses_when_the_hosts_training_routes_would_answer_instead(tmp_path: Path) -> None:
+    """Flask serves a path with the view registered first: DevServer's training blueprint registered before mount()
+    would shadow ours, so mount() says so at start-up; mounted first, ours answer."""
+    from flask import Blueprint, Flask
+
+    from devserver_lora.errors import DevserverLoraError
+    from devserver_lora.studio import mount
+
+    def devservers_own() -> Blueprint:
+        bp = Blueprint("training", __name__)
+        bp.add_url_rule("/api/training/start", "start", lambda: {"message": "Training started"}, methods=["POST"])
+        bp.add_url_rule("/api/training/status", "status", lambda: {"is_training": True, "shell": True})
+        return bp
+
+    late = Flask("late")
+    late.register_blueprint(devservers_own())
+    with pytest.raises(DevserverLoraError) as refused:
+        mount(late, data_dir=tmp_path / "late", queue_poll_s=0, detect_gpu=False)
+    assert "'training.start'" in refused.value.message and "Compress(app)" in (refused.value.hint or "")
+    assert mount(late, data_dir=tmp_path / "off", queue_poll_s=0, detect_gpu=False, devserver_routes=False)
+
+    spa = Flask("spa")  # a catch-all registered first does not count: the plain paths of ours win over it
+    spa.add_url_rule("/<path:path>", "serve", lambda path: "index.html")
+    mount(spa, data_dir=tmp_path / "spa", queue_poll_s=0, detect_gpu=False)
+    assert spa.test_client().get("/api/training/status").json["is_training"] is False
+
+    early = Flask("early")
+    mount(early, data_dir=tmp_path / "early", queue_poll_s=0, detect_gpu=False)
+    early.register_blueprint(devservers_own())
+    status = early.test_client().get("/api/training/status").json
+    assert "shell" not in status and status["is_training"] is False
 
 
 def test_user_names_never_become_paths(studio: Any) -> None:

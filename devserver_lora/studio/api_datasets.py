@@ -12,6 +12,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from ..paths import check_simple_name
 from ..train.card import DatasetCard
+from ..train.dataset.checks import CheckOptions
 from ..train.families import FAMILIES
 from ..train.presets import load_presets
 from .datasets import (
@@ -86,7 +87,9 @@ def register(bp: Blueprint, studio: Studio) -> None:
             raise StudioRefusal(400, f"unknown preset {preset!r}", hint="choose one of GET /api/lora/presets",
                                 fields=[field("preset", "unknown preset", "choose one from the list")])
         resolution = resolution_arg(form.get("resolution"), where="resolution")
-        folder = receive(config, user, name, files, family=family, preset=preset, resolution=resolution)
+        if resolution is None:  # the preset's, for the family; only its resolution: the preset may change later
+            resolution = CheckOptions(family=family, preset=preset).target_resolution()
+        folder = receive(config, user, name, files, family=family, resolution=resolution)
         return jsonify(dataset_view(request.script_root, folder)), 201
 
     @bp.get("/api/lora/datasets")

@@ -24,7 +24,7 @@ from ..errors import DevserverLoraError
 from ..train.families import FAMILIES
 from ..train.presets import load_presets
 from . import api_datasets, api_jobs, devserver_routes
-from .config import UserFn, make_config
+from .config import TeacherFn, UserFn, make_config
 from .identity import current_user, is_teacher, require_user
 from .plans import gpus, parse_plan_request, plan_for, plan_response
 from .ranges import choices, preset_ranges
@@ -118,23 +118,48 @@ def mount(
     models_dir: str | Path | None = None,
     user: UserFn | None = None,
     teachers: Iterable[str] = (),
+    teacher: TeacherFn | None = None,
     devserver_routes: bool = True,
     **options: Any,
 ) -> Studio:
     """Register the Studio on `app` (DevServer's Flask app): the page at /lora, the REST API under /api/lora/ and,
     with `devserver_routes`, DevServer's own /api/training/* routes backed by this package's trainer.
 
-    `user` returns the logged-in user's name from DevServer's session (None: not logged in); without it the page
-    asks for a name and sends it as the X-Studio-User header (standalone use)."""
+    `user` returns the user's name from the host's own login (None: not logged in); without it the page
+    asks for a name and sends it as the X-Studio-User header (standalone use, and DevServer, which has no user
+    accounts). `teachers` names teachers; `teacher` is the host's own per-request check (DevServer: its settings
+    login, `session.get("settings_authenticated")`). Call it before DevServer registers its blueprints, or its
+    own /api/training/* would answer (refused here with what to do)."""
+    if devserver_routes:
+        _check_training_routes_are_free(app)
     config = make_config(data_dir=data_dir, jobs_dir=jobs_dir, loras_dir=loras_dir, schemas_dir=schemas_dir,
-                         models_dir=models_dir, user=user, teachers=teachers, devserver_routes=devserver_routes,
-                         **options)
+                         models_dir=models_dir, user=user, teachers=teachers, teacher=teacher,
+                         devserver_routes=devserver_routes, **options)
     studio = Studio(config)
     app.register_blueprint(make_blueprint(studio))
     app.extensions[EXTENSION] = studio
     studio.scheduler.start_thread()
     atexit.register(studio.scheduler.stop_thread)
     return studio
+
+
+def _check_training_routes_are_free(app: Flask) -> None:
+    """Flask serves a path with the view registered first: mounted after DevServer registered its own training
+    blueprint, our /api/training/* would never answer and DevServer's shell-based trainer would. Checked before
+    anything is registered or created."""
+    adapter = app.url_map.bind("localhost")
+    for path, method in (("/api/training/start", "POST"), ("/api/training/status", "GET")):
+        try:
+            rule, _ = adapter.match(path, method=method, return_rule=True)
+        except HTTPException:  # not served yet (404/405): ours will be the first
+            continue
+        if rule.rule != path:  # a catch-all such as DevServer's SPA route: a plain path of ours wins over it
+            continue
+        raise DevserverLoraError(
+            f"{path} is already served by {rule.endpoint!r}, registered before mount(): DevServer's own training routes "
+            "would answer instead of this package's",
+            hint="call mount() in create_app() before DevServer registers its blueprints (right after "
+                 "`Compress(app)`), or pass devserver_routes=False to leave /api/training/* to DevServer")
 
 
 def create_app(**kwargs: Any) -> Flask:

@@ -16,6 +16,7 @@ from typing import Any
 from ..train.settings import Settings, load_settings
 
 UserFn = Callable[[], "str | None"]
+TeacherFn = Callable[[], bool]
 
 STUDIO_DIR = "studio"
 DATASETS_DIR = "datasets"
@@ -39,6 +40,9 @@ class StudioConfig:
     settings: Settings
     user: UserFn | None = None  # DevServer's session user; None: standalone (X-Studio-User header)
     teachers: frozenset[str] = frozenset()
+    # The host's own check, per request, that the asker is a teacher (DevServer: its settings login). A name in
+    # `teachers` is trusted as given; this is the check to use where names are typed in (DevServer has no accounts).
+    teacher: TeacherFn | None = None
     loras_dir: Path | None = None
     schemas_dir: Path | None = None
     comfyui_url: str = DEVSERVER_COMFYUI_URL

@@ -178,7 +178,7 @@ def rejudge_sizes(view: dict[str, Any], resolution: int) -> None:
 
 
 def receive(config: StudioConfig, owner: str, name: str, uploads: list[FileStorage], *, family: str,
-            preset: str | None = None, resolution: int | None = None) -> Path:
+            resolution: int | None = None) -> Path:
     """Store, check and thumbnail an upload as dataset `name` of `owner`; all or nothing."""
     target = dataset_dir(config, owner, name)
     if target.exists():
@@ -190,7 +190,7 @@ def receive(config: StudioConfig, owner: str, name: str, uploads: list[FileStora
         limits = ZipLimits(max_total_bytes=config.limits.max_zip_bytes, max_members=config.limits.max_zip_members)
         (staging / THUMBS_DIR).mkdir()
         with open_source(source, zip_limits=limits) as src:
-            report = run_checks(src, CheckOptions(family=family, preset=preset, resolution=resolution, workers=1))
+            report = run_checks(src, CheckOptions(family=family, resolution=resolution, workers=1))
             thumbs = {}
             for item, res in zip(src.items, report.images, strict=True):
                 thumb = _thumb_name(item.source)
