@@ -76,6 +76,30 @@ def test_cancel_then_resume_keeps_checkpoints_and_step_count(kohya_env, monkeypa
     assert len(names) == len(set(names)) and not any(n.endswith("-2.safetensors") for n in names)
 
 
+def test_a_resume_during_a_cancels_grace_period_is_not_killed_by_it(kohya_env, monkeypatch):
+    """The page's Cancel waits up to its grace period for the worker to go; the job says "cancelled" within a second
+    and a student may press Resume at once. The cancel must not then take the resumed run for the one it stops."""
+    import threading
+
+    monkeypatch.setenv("STANDIN_STEP_S", "0.25")
+    job = kohya_env.job(max_train_steps=12, save_every_n_steps=4)
+    runner.start(job, kohya_env.settings, backend="kohya")
+    wait_for(lambda: any("step00000004" in e["path"] for e in kinds(job, "checkpoint")))
+    first = job.info["pid"]
+    outcome: list[str] = []
+    cancelling = threading.Thread(target=lambda: outcome.append(runner.cancel(job, grace_s=20)))
+    cancelling.start()
+    wait_for(lambda: job.state == "cancelled")
+    wait_for(lambda: not runner.pid_alive(first, marker=runner.RUNNER_MODULE))
+    monkeypatch.setenv("STANDIN_STEP_S", "0.05")
+    second = runner.start(job, kohya_env.settings, backend="kohya", resume=True)
+    cancelling.join(timeout=30)
+    assert not cancelling.is_alive() and outcome == ["running"]
+    assert runner.runner_alive(job) and job.info["pid"] == second != first
+    assert runner.wait(job, timeout_s=60) == "done"
+    assert [e["state"] for e in kinds(job, "state")][-3:] == ["cancelled", "running", "done"]
+
+
 def test_worker_lost_is_reconciled_and_resumable(kohya_env, monkeypatch):
     monkeypatch.setenv("STANDIN_STEP_S", "0.25")
     # a state on an epoch boundary (4 steps per epoch): the only kind a Kohya resume goes back to

@@ -132,11 +132,11 @@ def _visible(driver: Any, element_id: str) -> bool:
     return bool(by_id(driver, element_id).is_displayed())
 
 
-def _fill_project(driver: Any, name: str) -> None:
+def _fill_project(driver: Any, name: str, steps: int = 12) -> None:
     _set(driver, "output-name", name)
     _set(driver, "trigger", "mgsq")
     css(driver, "input[name=preset][value=quick_test]")[0].click()
-    for key, value in {"resolution": 256, "max_train_steps": 12, "learning_rate": 0.002, "network_dim": 8,
+    for key, value in {"resolution": 256, "max_train_steps": steps, "learning_rate": 0.002, "network_dim": 8,
                        "network_alpha": 4}.items():
         _set(driver, f"hyper-{key}", value)
     _choose(driver, "backend", "native")
@@ -279,6 +279,67 @@ def test_a_whole_job_from_the_page(tmp_path: Path) -> None:
             answer = httpx.get(f"{server.url}/api/lora/jobs/{job_id}", headers={"X-Studio-User": "bob"}, timeout=30)
             assert answer.status_code in (403, 404)
             shot(other, shots, "08-other-user")
+    publish_shots(shots)
+
+
+@pytest.mark.slow
+def test_cancel_then_resume_from_the_page(tmp_path: Path) -> None:
+    """Cancel stops a running job and keeps what it learned; Resume continues it from that step to the end (the
+    step count goes on, the chart grows on), all by the page's buttons."""
+    shots = tmp_path / "shots"
+    steps = 60  # a tiny-model step takes ~0.1 s here: enough of them that the cancel lands mid-run
+    models = tiny_models_dir(tmp_path / "models")
+    upload = planted_zip(tmp_path / "upload" / "squares.zip", n=4, bad=False)
+    with studio_server(tmp_path / "home", models_dir=models) as server, chromium(origin=server.url) as driver:
+        driver.get(server.url + "/lora")
+        sign_in(driver, "carl")
+        _fill_project(driver, "carl_squares", steps=steps)
+        _upload(driver, "squares", upload, images=4)
+        _fill_card(driver)
+        wait_until(driver, lambda d: "-m devserver_lora.train" in text_of(d, "command"), 60, "the command")
+        by_id(driver, "create-job").click()
+        wait_until(driver, lambda d: _visible(d, "job-view"), 30, "the job page")
+        assert by_id(driver, "job-cancel").get_attribute("disabled") and by_id(driver, "job-resume").get_attribute(
+            "disabled"), "nothing to cancel or resume before the start"
+        by_id(driver, "job-run").click()
+        wait_until(driver, lambda d: 3 <= _progress(d)[0] < steps // 2, 400, "a few steps trained")
+        by_id(driver, "job-cancel").click()
+        wait_until(driver, lambda d: d.execute_script("return S.job && S.job.state") == "cancelled", 120,
+                   "the cancelled job")
+        stopped = int(_progress(driver)[0])
+        assert 3 <= stopped < steps and not by_id(driver, "job-resume").get_attribute("disabled")
+        assert by_id(driver, "job-run").get_attribute("disabled") and by_id(driver, "job-cancel").get_attribute(
+            "disabled")
+        shot(driver, shots, "09-job-cancelled")
+        by_id(driver, "job-resume").click()
+        wait_until(driver, lambda d: d.execute_script("return S.job && S.job.state") != "cancelled", 60,
+                   "the resumed job")
+        seen: list[float] = []
+        deadline = time.monotonic() + 900
+        state = None
+        while time.monotonic() < deadline:
+            seen.append(_progress(driver)[0])
+            state = driver.execute_script("return S.job && S.job.state")
+            if state in ("done", "failed", "cancelled"):
+                break
+            time.sleep(0.3)
+        # (Once, the first cancel's request, still waiting out its grace period, killed the resumed run.)
+        assert state == "done", (state, text_of(driver, "job-diagnosis"), server.log_text())
+        wait_until(driver, lambda d: _progress(d)[0] == _progress(d)[1] == steps, 30, "a full progress bar")
+        # The resumed run went on from where it stopped: the bar never fell back to the start.
+        assert min(seen) >= stopped - 1, (stopped, seen)
+        # The job's own record (the store the terminal reads too): two runs, the second going on from the first.
+        from devserver_lora.train.jobs import JobStore
+
+        job = JobStore(server.home / "jobs").get(driver.execute_script("return S.job.id"))
+        states = [e["state"] for e in job.events() if e["type"] == "state"]
+        assert states.count("running") == 2 and "cancelled" in states and states[-1] == "done", states
+        cut = max(i for i, e in enumerate(job.events()) if e["type"] == "state" and e["state"] == "cancelled")
+        before = [e["step"] for e in job.events()[:cut] if e["type"] == "progress"]
+        after = [e["step"] for e in job.events()[cut:] if e["type"] == "progress"]
+        assert before and after and after[0] >= max(before) - 1 and after == sorted(after) and after[-1] == steps, (
+            before, after)
+        shot(driver, shots, "10-job-resumed-done")
     publish_shots(shots)
 
 

@@ -268,21 +268,29 @@ def cancel(job: Job, *, grace_s: float = 30.0, poll_s: float = 0.2) -> str:
         _append_state(job, "cancelled", "cancelled before it started")
         job.set_state("cancelled", message="cancelled before it started")
         return "cancelled"
-    marker = str(job.dir)
-    if runner_alive(job):
+    # This cancel is about the worker running now. A resume may start a new one while we wait (the worker stops in
+    # a second, the grace period is long): that run is not ours to kill or to mark cancelled.
+    marker, pid = str(job.dir), info.get("pid")
+
+    def ours_alive() -> bool:
+        return pid_alive(pid, marker=RUNNER_MODULE)
+
+    if ours_alive():
         _signal_group(info.get("pgid"), signal.SIGTERM, marker=marker)
         deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline and runner_alive(job):
+        while time.monotonic() < deadline and ours_alive():
             time.sleep(poll_s)
     info = job.info
-    if runner_alive(job) or pid_alive(info.get("child_pid"), marker=marker):
+    if info.get("pid") != pid:
+        return str(info.get("state"))
+    if ours_alive() or pid_alive(info.get("child_pid"), marker=marker):
         _signal_group(info.get("child_pgid"), signal.SIGKILL, marker=marker)
         _signal_group(info.get("pgid"), signal.SIGKILL, marker=marker)
         for _ in range(50):
-            if not runner_alive(job):
+            if not ours_alive():
                 break
             time.sleep(0.1)
-    if job.state not in FINAL_STATES:
+    if job.state not in FINAL_STATES and job.info.get("pid") == pid:
         _append_state(job, "cancelled", "killed after the grace period; finished checkpoints are kept")
         job.set_state("cancelled", message="killed after the grace period; finished checkpoints are kept",
                       diagnosis="cancelled")
