@@ -310,7 +310,7 @@ def test_cancel_then_resume_from_the_page(tmp_path: Path) -> None:
         assert 3 <= stopped < steps and not by_id(driver, "job-resume").get_attribute("disabled")
         assert by_id(driver, "job-run").get_attribute("disabled") and by_id(driver, "job-cancel").get_attribute(
             "disabled")
-        shot(driver, shots, "09-job-cancelled")
+        shot(driver, shots, "13-job-cancelled")
         by_id(driver, "job-resume").click()
         wait_until(driver, lambda d: d.execute_script("return S.job && S.job.state") != "cancelled", 60,
                    "the resumed job")
@@ -339,7 +339,7 @@ def test_cancel_then_resume_from_the_page(tmp_path: Path) -> None:
         after = [e["step"] for e in job.events()[cut:] if e["type"] == "progress"]
         assert before and after and after[0] >= max(before) - 1 and after == sorted(after) and after[-1] == steps, (
             before, after)
-        shot(driver, shots, "10-job-resumed-done")
+        shot(driver, shots, "14-job-resumed-done")
     publish_shots(shots)
 
 
@@ -410,7 +410,15 @@ def test_keyboard_phone_width_and_german(tmp_path: Path) -> None:
         _tab_to(driver, "hyper-reset")
         _tab_to(driver, "dataset-name")
         _keys(driver, "kbset")
-        by_id(driver, "dataset-files").send_keys(str(upload))  # the file chooser itself is the system's
+        # The file chooser's button is the page's (the browser's own would speak the browser's language), and
+        # the real input under it is a Tab stop of its own, with the focus ring on the button.
+        assert text_of(driver, "dataset-files-chosen") == "No file chosen"
+        _tab_to(driver, "dataset-files")
+        ring = driver.execute_script("const s = getComputedStyle(document.querySelector('.file-button'));"
+                                     "return [s.outlineStyle, parseFloat(s.outlineWidth)]")
+        assert ring[0] != "none" and ring[1] >= 2, ring
+        by_id(driver, "dataset-files").send_keys(str(upload))  # the chooser's dialog itself is the system's
+        assert text_of(driver, "dataset-files-chosen") == "1 file(s): set.zip"
         _tab_to(driver, "upload-button")
         _keys(driver, Keys.ENTER)
         wait_until(driver, lambda d: len(css(d, "#dataset-images > li")) == 3, 120, "the checked images")
@@ -449,6 +457,9 @@ def test_keyboard_phone_width_and_german(tmp_path: Path) -> None:
         assert driver.execute_script("return document.querySelector('label[for=output-name]').textContent") \
             == "Projektname"
         assert text_of(driver, "create-job") == "Job anlegen" and text_of(driver, "lang-toggle") == "English"
+        assert text_of(driver, "dataset-files-label").startswith("Eine ZIP-Datei")
+        assert driver.execute_script("return document.querySelector('.file-button').textContent") == "Dateien auswählen…"
+        assert text_of(driver, "dataset-files-chosen") in ("Keine Datei ausgewählt", "1 Datei(en): set.zip")
         assert "Fortschritt" in by_id(driver, "jobs-table").text
         assert "Vorei" in text_of(driver, "preset-list") or "Schnelltest" in text_of(driver, "preset-list")
         shot(driver, shots, "10-german")

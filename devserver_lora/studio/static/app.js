@@ -4,7 +4,7 @@
    identity    #user-dialog #user-name #user-save #user-label #user-change     language  #lang-toggle (html[lang])
    project     #output-name #trigger #family #backend #gpu, presets: input[name=preset] (value = preset id),
                values: #hyper-<key> (e.g. #hyper-max_train_steps), #hyper-reset
-   dataset     #upload-form #dataset-name #dataset-files #upload-button #upload-status #dataset-select
+   dataset     #upload-form #dataset-name #dataset-files (+ #dataset-files-chosen) #upload-button #upload-status #dataset-select
                #dataset-result #dataset-blocking #dataset-ok #dataset-resolution #dataset-problems #dataset-images (li.bad = blocking)
    card        #card-form, fields #card-<DatasetCard field> (title source rights_holder licence consent
                cultural_context approved_by description language tags), #card-save #card-status
@@ -148,6 +148,7 @@ function applyLang() {
   renderUser();
   if (S.catalog) { renderFamilies(); renderPresets(); renderHyper(true); }
   if (S.dataset) renderDataset(S.dataset);
+  renderChosenFiles();
   renderJobs();
   if (S.job) renderJob(S.job);
   if (!S.command) say("plan-status", "plan_wait", null);
@@ -306,6 +307,12 @@ async function loadDatasets() {
   sel.replaceChildren(el("option", { value: "", text: t("dataset_none") }),
                       ...list.map((d) => el("option", { value: d.name, text: d.name + (d.owner && d.owner !== S.user ? " (" + d.owner + ")" : "") })));
   sel.value = list.some((d) => d.name === keep) ? keep : "";
+}
+
+function renderChosenFiles() {
+  const files = [...$("dataset-files").files];
+  const names = files.slice(0, 3).map((f) => f.name).join(", ") + (files.length > 3 ? ", …" : "");
+  $("dataset-files-chosen").textContent = files.length ? t("files_chosen", { n: files.length, names }) : t("files_none");
 }
 
 async function upload(ev) {
@@ -549,6 +556,7 @@ async function start() {
   $("user-dialog").addEventListener("cancel", (ev) => { if (!S.user) ev.preventDefault(); });
   $("user-change").addEventListener("click", askUser);
   $("upload-form").addEventListener("submit", upload);
+  $("dataset-files").addEventListener("change", renderChosenFiles);
   $("dataset-select").addEventListener("change", pickDataset);
   $("card-form").addEventListener("submit", saveCard);
   for (const id of ["output-name", "trigger", "family", "backend", "gpu"]) $(id).addEventListener("change", schedulePlan);
