@@ -82,8 +82,7 @@ def test_cancel_takes_a_queued_job_out_of_the_queue(kohya_env, monkeypatch, caps
     assert json.loads(capsys.readouterr().out)["state"] == "cancelled"
     assert not gpu_queue.is_queued(waiting.info) and gpu_queue.position(waiting) is None
     assert runner.wait(first, timeout_s=60) == "done"
-    assert gpu_queue.start_head(kohya_env.jobs_dir, gpu_queue.read_entries(kohya_env.jobs_dir),
-                                kohya_env.settings) is None
+    assert gpu_queue.start_head(kohya_env.jobs_dir, kohya_env.settings) is None
     assert waiting.state == "cancelled"
 
 
@@ -98,8 +97,7 @@ def test_two_pumps_at_once_start_one_job(kohya_env, monkeypatch):
     started: list[str | None] = []
 
     def pump() -> None:
-        started.append(gpu_queue.start_head(kohya_env.jobs_dir, gpu_queue.read_entries(kohya_env.jobs_dir),
-                                            kohya_env.settings))
+        started.append(gpu_queue.start_head(kohya_env.jobs_dir, kohya_env.settings))
 
     threads = [threading.Thread(target=pump) for _ in range(4)]
     for t in threads:
@@ -109,6 +107,5 @@ def test_two_pumps_at_once_start_one_job(kohya_env, monkeypatch):
     assert [s for s in started if s] == [jobs[0].id]
     assert jobs[0].state == "running" and gpu_queue.is_queued(jobs[1].info)
     assert runner.wait(jobs[0], timeout_s=60) == "done"
-    assert gpu_queue.start_head(kohya_env.jobs_dir, gpu_queue.read_entries(kohya_env.jobs_dir),
-                                kohya_env.settings) == jobs[1].id
+    assert gpu_queue.start_head(kohya_env.jobs_dir, kohya_env.settings) == jobs[1].id
     assert runner.wait(jobs[1], timeout_s=60) == "done"

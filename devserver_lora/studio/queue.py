@@ -42,7 +42,7 @@ class Scheduler:
 
     def pump(self) -> str | None:
         """Start the head of the queue if the GPU is free; the id started, else None."""
-        started = gpu_queue.start_head(self.config.jobs_dir, self._entries(), self.config.settings,
+        started = gpu_queue.start_head(self.config.jobs_dir, self.config.settings, entries=self._entries(),
                                        python=self.config.python)
         if started is not None:
             self.index.invalidate()

@@ -36,10 +36,6 @@ def queue_order(entries: Iterable[Entry]) -> list[Entry]:
     return sorted((e for e in entries if is_queued(e[1])), key=lambda e: (e[1][QUEUED_AT], e[0].id))
 
 
-def read_entries(jobs_dir: Path) -> list[Entry]:
-    return JobStore(jobs_dir).infos()
-
-
 def enqueue(job: Job, *, resume: bool, backend: str, num_processes: int = 1) -> None:
     job.set_state(job.state, **{QUEUED_AT: time.time()}, queue_resume=resume, queue_backend=backend,
                   queue_num_processes=num_processes, message="waiting for the GPU")
@@ -48,7 +44,7 @@ def enqueue(job: Job, *, resume: bool, backend: str, num_processes: int = 1) -> 
 
 def position(job: Job) -> int | None:
     """How many queued jobs are ahead of `job` (None when it is not queued)."""
-    order = [j.id for j, _ in queue_order(read_entries(job.dir.parent))]
+    order = [j.id for j, _ in queue_order(JobStore(job.dir.parent).infos())]
     return order.index(job.id) if job.id in order else None
 
 
@@ -64,10 +60,13 @@ def withdraw(job: Job) -> str:
         return job.state
 
 
-def start_head(jobs_dir: Path, entries: list[Entry], settings: Settings, *, python: str | None = None) -> str | None:
-    """Start the head of the queue if the GPU is free; the id started, else None. `entries` may come from a cache
-    (the Studio's index): runner.start checks the store itself again under the lock."""
+def start_head(jobs_dir: Path, settings: Settings, *, entries: list[Entry] | None = None,
+               python: str | None = None) -> str | None:
+    """Start the head of the queue if the GPU is free; the id started, else None. `entries` (default: the store
+    read now) may come from a cache, the Studio's index: runner.start checks the store itself again under the lock."""
     with runner.gpu_lock(jobs_dir):
+        if entries is None:
+            entries = JobStore(jobs_dir).infos()
         for job, info in entries:
             if info.get("state") == "running" and runner.reconcile(job) == "running":
                 return None
@@ -101,7 +100,7 @@ def wait_turn(job: Job, settings: Settings, *, timeout_s: float, poll_s: float =
     Jobs queued before it start first, whichever process queued them."""
     deadline = time.monotonic() + timeout_s
     while True:
-        start_head(job.dir.parent, read_entries(job.dir.parent), settings)
+        start_head(job.dir.parent, settings)
         info = job.info
         if not is_queued(info) or time.monotonic() >= deadline:
             return str(info.get("state"))
