@@ -307,6 +307,7 @@ def test_cancel_then_resume_from_the_page(tmp_path: Path) -> None:
         wait_until(driver, lambda d: d.execute_script("return S.job && S.job.state") == "cancelled", 120,
                    "the cancelled job")
         stopped = int(_progress(driver)[0])
+        assert "left" not in text_of(driver, "job-progress-text"), text_of(driver, "job-progress-text")  # no ETA
         assert 3 <= stopped < steps and not by_id(driver, "job-resume").get_attribute("disabled")
         assert by_id(driver, "job-run").get_attribute("disabled") and by_id(driver, "job-cancel").get_attribute(
             "disabled")

@@ -63,7 +63,10 @@ function showProgress(step, total, loss, eta, job) {
   else {
     text = t("progress_text", { step, total, pct });
     if (loss !== null && loss !== undefined) text += " · " + t("progress_loss", { loss: formatLoss(loss) });
-    if (eta !== null && eta !== undefined && step < total) text += " · " + t("progress_eta", { eta: fmtEta(eta) });
+    // A time left only while it trains: a cancelled or failed job's last estimate would say it is still going.
+    if (job && job.state === "running" && eta !== null && eta !== undefined && step < total) {
+      text += " · " + t("progress_eta", { eta: fmtEta(eta) });
+    }
   }
   $("job-progress-text").textContent = text;
 }
