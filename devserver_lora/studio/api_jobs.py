@@ -21,13 +21,13 @@ from ..train import runner
 from ..train.backends import get_backend
 from ..train.evaluate.report import REPORT_HTML
 from ..train.evaluate.results import EVAL_DIR, read_results
+from ..train.gpu_queue import is_queued
 from ..train.install import install_job, trained_on
 from ..train.jobs import Job
 from ..train.kohya.venv import blockers
 from ..train.plan import make_plan
 from .config import StudioConfig
 from .identity import is_teacher, may_see, require_user
-from .index import is_queued
 from .plans import PlanRequest, parse_plan_request, plan_for, resolve_gpu_id
 from .ranges import override_problems
 from .replies import StudioRefusal, field, fields_from_problems, refusal_from

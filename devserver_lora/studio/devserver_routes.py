@@ -31,13 +31,14 @@ from ..train.card import DatasetCard
 from ..train.dataset.importers import is_image_name
 from ..train.families import get_family
 from ..train.gpu import GpuInfo, detect_gpu
+from ..train.gpu_queue import is_queued
 from ..train.install import install_job, trained_on
 from ..train.memory import Workload, choose_memory_plan
 from ..train.presets import get_preset
 from .api_jobs import check_can_start, pin_model, plan_samples
 from .datasets import dataset_dir, receive, remove_dataset
 from .identity import current_user
-from .index import Entry, is_queued
+from .index import Entry
 from .plans import PlanRequest, plan_for
 from .replies import StudioRefusal
 from .state import Studio

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import JobError
-from ..train.gpu_queue import QUEUED_AT, is_queued
+from ..train.gpu_queue import queue_order
 from ..train.jobs import EVENTS_FILE, JOB_FILE, Job, JobStore
 from ..train.runner import FINAL_STATES
 
@@ -119,8 +119,7 @@ class JobIndex:
                 seen[d.name] = entry
             self._entries = seen
             self._sorted = sorted(seen.values(), key=lambda e: (e.info.get("created") or 0, e.job.id), reverse=True)
-            waiting = [e for e in self._sorted if is_queued(e.info)]
-            self.queue_ids = [e.job.id for e in sorted(waiting, key=lambda e: (e.info[QUEUED_AT], e.job.id))]
+            self.queue_ids = [job.id for job, _ in queue_order((e.job, e.info) for e in self._sorted)]
             by_owner: dict[str | None, list[Entry]] = {}
             for e in self._sorted:
                 by_owner.setdefault(e.info.get("owner"), []).append(e)

@@ -9,8 +9,9 @@ from typing import Any
 from ..invocation import TRAIN_MODULE
 from ..train.evaluate.lossplot import LOSS_PLOT_FILE
 from ..train.evaluate.report import INSTALL_FILE, REPORT_HTML
+from ..train.gpu_queue import is_queued
 from .config import StudioConfig
-from .index import Entry, is_queued
+from .index import Entry
 
 
 def run_argv(config: StudioConfig, job_id: str, backend: str | None, *, resume: bool = False) -> list[str]:
