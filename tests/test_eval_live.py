@@ -77,7 +77,7 @@ def test_a_kohya_run_shows_its_plot_before_it_ends(kohya_env, monkeypatch: pytes
     watcher.start()
     assert runner.run_worker(job, kohya_env.settings, backend="kohya", resume=False) == 0
     watcher.join(timeout=10)
-    assert seen and seen[1] == [] and max(seen[0], default=0) < 6  # drawn mid-run, before the last step
+    assert seen and seen[1] == [] and max(seen[0], default=0) < 8  # drawn mid-run, before the last step
     series = lossplot.series_of(job.events())
-    assert series.steps[-1] == 6 and [s for s, _ in series.checkpoints][:2] == [2, 4]
-    assert not series.lrs and len(lossplot.planned_lr(job.plan, 6)) == 6  # Kohya's events carry no rate: planned
+    assert series.steps[-1] == 8 and [s for s, _ in series.checkpoints][:2] == [2, 4]
+    assert not series.lrs and len(lossplot.planned_lr(job.plan, 8)) == 8  # Kohya's events carry no rate: planned

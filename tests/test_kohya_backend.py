@@ -42,13 +42,21 @@ def test_run_success_events_and_checkpoints(kohya_env, tmp_path, monkeypatch):
     assert final == job.outputs_dir / "tiny_sd3_lora.safetensors"
     names = sorted(p.name for p in job.outputs_dir.glob("*.safetensors"))
     assert names == ["tiny_sd3_lora-000001.safetensors", "tiny_sd3_lora-step00000002.safetensors",
-                     "tiny_sd3_lora-step00000004.safetensors", "tiny_sd3_lora.safetensors"]
+                     "tiny_sd3_lora-step00000004.safetensors", "tiny_sd3_lora-step00000006.safetensors",
+                     "tiny_sd3_lora.safetensors"]
     steps = [e["step"] for e in events(job, "progress")]
-    assert steps == sorted(steps) and steps[-1] == 6 and {e["total_steps"] for e in events(job, "progress")} == {6}
+    assert steps == sorted(steps) and steps[-1] == 8 and {e["total_steps"] for e in events(job, "progress")} == {8}
     assert events(job, "progress")[-1]["epoch"] == 2 and events(job, "progress")[-1]["loss"] is not None
+    # Each step's event carries that step's loss: sd-scripts draws a step first with the previous step's avr_loss
+    # (the stand-in's loss at step k is 2.3 + 0.05 * (7k mod 5)), then again with its own.
+    def own(k: int) -> float:
+        return float(f"{2.3 + 0.05 * ((k * 7) % 5):.3g}")
+
+    losses = {e["step"]: e["loss"] for e in events(job, "progress") if e["step"] > 0}
+    assert losses == {k: own(k) for k in range(1, 9)}
     ckpts = events(job, "checkpoint")
-    assert [c["step"] for c in ckpts if "step0" in c["path"]] == [2, 4]
-    assert events(job, "done")[0]["lora_path"] == str(final) and events(job, "done")[0]["steps"] == 6
+    assert [c["step"] for c in ckpts if "step0" in c["path"]] == [2, 4, 6]
+    assert events(job, "done")[0]["lora_path"] == str(final) and events(job, "done")[0]["steps"] == 8
     # the stand-in wrote the recorded key layout for SD3.5 Large (no attn2: the checkpoint has none)
     keys = read_header(final).tensors
     assert len(keys) == 57 - 6 and not any("attn2" in k for k in keys)
@@ -229,7 +237,9 @@ def test_resume_skips_a_state_cut_short(kohya_env, monkeypatch):
 
 
 def test_resume_warns_when_the_plan_is_not_whole_epochs(kohya_env, monkeypatch):
-    job = kohya_env.job(max_train_steps=7, save_every_n_steps=None)  # 1 3/4 epochs of 4 steps
+    # A plan made for the native backend keeps steps off an epoch end (a Kohya plan rounds them up to one).
+    job = kohya_env.job(max_train_steps=7, save_every_n_steps=None, planned_for="native")  # 1 3/4 epochs of 4 steps
+    assert job.plan.hyper.max_train_steps == 7
     b = backend(kohya_env)
     monkeypatch.setenv("STANDIN_FAIL", "kill")
     monkeypatch.setenv("STANDIN_FAIL_AT", "6")

@@ -31,6 +31,7 @@ from PIL import Image
 from devserver_lora.lora.header import is_complete, read_header
 from devserver_lora.train.cli import main as train_main
 from devserver_lora.train.jobs import JobStore
+from devserver_lora.train.kohya import progress as kprog
 from devserver_lora.train.kohya.venv import PINNED_COMMIT, SOURCE_RECORD
 
 # One flow is three trainer starts (each loads the 4.8 GB T5) and two cancels: longer than the suite's 600 s per test.
@@ -328,10 +329,20 @@ def test_cancel_and_two_resumes_end_exactly_at_the_planned_step(flow: Flow) -> N
 def test_events_come_from_the_real_output(flow: Flow) -> None:
     job = flow.job
     events = job.events()
-    # A bar at 0 (each attempt draws one before its first step) has no loss yet; every other one has.
-    progress = [e for e in events if e["type"] == "progress" and e["loss"] is not None]
-    assert len(progress) >= 6 and all(isinstance(e["loss"], float) for e in progress)
-    assert all(e["total_epochs"] == 6 and 1 <= e["epoch"] <= 6 for e in progress)
+    # Every progress event is a bar sd-scripts drew (at most one per 0.5 s: how many depends on the CPU's speed),
+    # its step made absolute by the attempt's offset; the run's last bar is always sent.
+    log_text = (Path(job.logs_dir) / "kohya.log").read_bytes().decode("utf-8", "replace")
+    offsets = [a["offset"] for a in json.loads((Path(job.work_dir) / "kohya" / "attempts.json").read_text())["attempts"]]
+    parts = re.split(r"resume training from local state", log_text)
+    assert len(parts) == len(offsets) == 3
+    drawn = [(offset + bar.step, bar.loss) for offset, part in zip(offsets, parts, strict=True)
+             for bar in map(kprog.parse_line, re.split(r"[\r\n]", part)) if isinstance(bar, kprog.StepLine)]
+    progress = [e for e in events if e["type"] == "progress"]
+    assert progress and all((e["step"], e["loss"]) in drawn for e in progress)
+    assert (progress[-1]["step"], progress[-1]["loss"]) == drawn[-1] and drawn[-1][0] == STEPS
+    with_loss = [e for e in progress if e["loss"] is not None]
+    assert with_loss and all(isinstance(e["loss"], float) for e in with_loss)
+    assert all(e["total_epochs"] == 6 and 1 <= e["epoch"] <= 6 for e in with_loss)
     checkpoints = [e for e in events if e["type"] == "checkpoint"]
     assert {Path(e["path"]).name for e in checkpoints} == {p.name for p in Path(job.outputs_dir).glob("*.safetensors")}
     assert all(Path(e["path"]).is_file() for e in checkpoints)

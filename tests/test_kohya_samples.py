@@ -105,7 +105,7 @@ def test_samples_become_job_samples_with_step_prompt_and_seed_then_plot_and_repo
     events = job.events()
     samples = [e for e in events if e["type"] == "sample"]
     assert [(e["step"], e["index"], e["seed"], e["prompt"]) for e in samples] == [
-        (step, i, 11 + i, PROMPTS[i].prompt) for step in (0, 2, 4, 6) for i in (0, 1)]
+        (step, i, 11 + i, PROMPTS[i].prompt) for step in (0, 2, 4, 6, 8) for i in (0, 1)]
     for e in samples:
         path = Path(e["path"])
         assert path == job.dir / "samples" / f"step{e['step']:08d}_p{e['index']:02d}_seed{e['seed']}.png"
@@ -117,7 +117,7 @@ def test_samples_become_job_samples_with_step_prompt_and_seed_then_plot_and_repo
     order = [(e["type"], e.get("step")) for e in events if e["type"] in ("sample", "checkpoint")]
     assert order.index(("sample", 2)) < order.index(("checkpoint", 2))
     facts = json.loads((job.dir / REPORT_JSON).read_text())
-    assert facts["samples"]["steps"] == [0, 2, 4, 6] and facts["job"]["state"] == "done"
+    assert facts["samples"]["steps"] == [0, 2, 4, 6, 8] and facts["job"]["state"] == "done"
     assert facts["training"]["loss_plot"] == "loss_plot.png"
     assert not [e for e in events if e["type"] == "log" and e.get("level") == "warning"]
 
@@ -136,7 +136,7 @@ def test_a_sampler_crash_is_a_warning_and_the_run_finishes(kohya_env, monkeypatc
     assert len(warnings) == 1, warnings
     assert warnings[0].startswith(f"sd-scripts stopped while rendering samples at step {fail_at} (")
     assert warnings[0].endswith("training goes on without samples")
-    assert [e for e in events if e["type"] == "done"][-1]["steps"] == 6
+    assert [e for e in events if e["type"] == "done"][-1]["steps"] == 8
     attempts = json.loads((job.work_dir / "kohya" / "attempts.json").read_text())["attempts"]
     # One more attempt: from the last epoch-end state if there is one (kohya/backend.py), else from the start.
     assert len(attempts) == 2 and (fail_at > 0 or attempts[1]["resume_from"] is None)

@@ -217,7 +217,8 @@ def test_steps_epochs_and_round_trip(ds, tmp_path):
     assert abs(h.max_train_steps - get_preset("fotostudio").target_steps) <= plan.steps_per_epoch
     assert h.discrete_flow_shift == 3.0 and h.mixed_precision == "bf16" and h.keep_tokens == 1
     assert TrainingPlan.model_validate_json(plan.model_dump_json()) == plan
-    fixed = make_plan("sd35_medium", "fotostudio", ds, gpu=gpu_from_vram(24), overrides={"max_train_steps": 77})
+    fixed = make_plan("sd35_medium", "fotostudio", ds, gpu=gpu_from_vram(24), overrides={"max_train_steps": 77},
+                      backend="native")
     assert fixed.hyper.max_train_steps == 77
     sdxl = make_plan("sdxl", "atelier", ds, gpu=gpu_from_vram(24))
     assert sdxl.hyper.weighting_scheme == "uniform" and sdxl.hyper.discrete_flow_shift is None
@@ -338,12 +339,21 @@ def test_sd15_plans_no_text_encoder_cache(ds):
 
 
 
-def test_kohya_plans_off_an_epoch_end_say_where_a_resumed_run_ends(ds):
-    """sd-scripts restarts its step count in each attempt and resumes at epoch starts (issue 12 item 2)."""
+def test_plans_that_may_run_on_kohya_end_at_an_epoch_end(ds):
+    """sd-scripts restarts its step count in each attempt and resumes at epoch starts (issue 12 item 2): a Kohya
+    plan asked for steps off an epoch end is rounded up to it and says why, so every resumed run ends as planned."""
     native = make_plan("sd35_large", "fotostudio", ds, gpu=gpu_from_vram(80), backend="native",
                        overrides={"max_train_steps": 1001})
     kohya = make_plan("sd35_large", "fotostudio", ds, gpu=gpu_from_vram(80), backend="kohya",
                       overrides={"max_train_steps": 1001})
-    assert native.hyper.max_train_steps == kohya.hyper.max_train_steps == 1001
-    assert not any("not whole epochs" in e for e in native.explanations)
-    assert any("not whole epochs" in e and f"--epochs {kohya.hyper.epochs}" in e for e in kohya.explanations)
+    either = make_plan("sd35_large", "fotostudio", ds, gpu=gpu_from_vram(80), overrides={"max_train_steps": 1001})
+    per_epoch = kohya.steps_per_epoch
+    assert native.hyper.max_train_steps == 1001 and 1001 % per_epoch
+    assert kohya.hyper.max_train_steps == either.hyper.max_train_steps == -(-1001 // per_epoch) * per_epoch
+    assert kohya.hyper.max_train_steps == kohya.hyper.epochs * per_epoch
+    assert not any("rounded up" in e for e in native.explanations)
+    assert any(f"the 1001 requested, rounded up to {kohya.hyper.epochs} whole epochs" in e and "--backend native" in e
+               for e in kohya.explanations)
+    whole = make_plan("sd35_large", "fotostudio", ds, gpu=gpu_from_vram(80), backend="kohya",
+                      overrides={"max_train_steps": 2 * per_epoch})
+    assert whole.hyper.max_train_steps == 2 * per_epoch and not any("rounded up" in e for e in whole.explanations)

@@ -99,8 +99,11 @@ def test_final_hyperparameters_refuse_with_the_setting_s_path():
 
 
 
-def test_whole_epochs_say_where_a_resumed_kohya_run_ends():
+def test_whole_epochs_round_requested_steps_up_to_an_epoch_end():
     s = step_schedule(10, 1, 1, 1, 1000, steps=25, whole_epochs=True)
-    assert (s.epochs, s.max_steps) == (3, 25)
-    assert "after a resume sd-scripts ends at step 30, so plan --epochs 3" in s.explanation
-    assert "not whole epochs" not in step_schedule(10, 1, 1, 1, 1000, steps=30, whole_epochs=True).explanation
+    assert (s.epochs, s.max_steps) == (3, 30)
+    assert "30 steps: the 25 requested, rounded up to 3 whole epochs of 10 steps" in s.explanation
+    assert step_schedule(10, 1, 1, 1, 1000, steps=25).max_steps == 25
+    exact = step_schedule(10, 1, 1, 1, 1000, steps=30, whole_epochs=True)
+    assert exact.max_steps == 30 and "rounded" not in exact.explanation
+    assert step_schedule(10, 1, 1, 1, 1000, steps=0, whole_epochs=True).max_steps == 0  # refused by validation

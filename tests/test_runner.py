@@ -87,7 +87,9 @@ def test_a_resume_during_a_cancels_grace_period_is_not_killed_by_it(kohya_env, m
     wait_for(lambda: any("step00000004" in e["path"] for e in kinds(job, "checkpoint")))
     first = job.info["pid"]
     outcome: list[str] = []
-    cancelling = threading.Thread(target=lambda: outcome.append(runner.cancel(job, grace_s=20)))
+    # The cancel looks for its worker every 3 s here, so the resume surely starts while it waits (with the default
+    # 0.2 s the cancel could see its worker gone first and return before the resume: no race to test then).
+    cancelling = threading.Thread(target=lambda: outcome.append(runner.cancel(job, grace_s=20, poll_s=3.0)))
     cancelling.start()
     wait_for(lambda: job.state == "cancelled")
     wait_for(lambda: not runner.pid_alive(first, marker=runner.RUNNER_MODULE))
@@ -130,13 +132,13 @@ def test_cli_run_status_from_plan_file(kohya_env, capsys, monkeypatch):
     assert new_id != job.id
     assert train_main(["status", new_id, "--json", *common]) == 0
     status = json.loads(capsys.readouterr().out)
-    assert status["state"] == "done" and status["progress"]["step"] == 6 and len(status["checkpoints"]) == 4
+    assert status["state"] == "done" and status["progress"]["step"] == 8 and len(status["checkpoints"]) == 5
     assert train_main(["status", "--json", *common]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert {j["id"] for j in listed} == {job.id, new_id}
     assert train_main(["status", new_id, "--follow", "--timeout", "5", *common]) == 0
     text = capsys.readouterr().out
-    assert "LoRA ready" in text and "6/6" in text
+    assert "LoRA ready" in text and "8/8" in text
     assert train_main(["cancel", new_id, *common]) == 1  # not running: a clear error, exit 1
 
 

@@ -27,6 +27,7 @@ from werkzeug.datastructures import FileStorage
 
 from ..errors import DevserverLoraError
 from ..train import runner
+from ..train.backends import kohya_available
 from ..train.card import DatasetCard
 from ..train.dataset.importers import is_image_name
 from ..train.families import get_family
@@ -34,6 +35,7 @@ from ..train.gpu import GpuInfo, detect_gpu
 from ..train.gpu_queue import is_queued
 from ..train.install import install_job, trained_on
 from ..train.memory import Workload, choose_memory_plan
+from ..train.plan import BackendName
 from ..train.presets import get_preset
 from .api_jobs import check_can_start, pin_model, plan_samples
 from .datasets import dataset_dir, receive, remove_dataset
@@ -190,7 +192,9 @@ def register(bp: Blueprint, studio: Studio) -> None:
         try:
             folder = receive(config, user, name, files, family=FAMILY)
             card.write(folder / "card.json")
-            req = PlanRequest(dataset=name, family=FAMILY, preset=PRESET, output_name=project,
+            # The backend is chosen now, as `auto` would at the start: the plan's steps follow it (Kohya: whole epochs).
+            backend: BackendName = "kohya" if kohya_available(config.settings) else "native"
+            req = PlanRequest(dataset=name, family=FAMILY, preset=PRESET, output_name=project, backend=backend,
                               trigger=triggers[0] if triggers else None, overrides=dict(config.devserver_overrides))
             planned = plan_for(config, user, req)
         except StudioRefusal as exc:

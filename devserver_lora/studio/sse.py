@@ -37,8 +37,9 @@ def _rel(job: Job, path: str) -> str | None:
         return None
 
 
-def translate(job: Job, event: dict[str, Any], base: str, done_lora: list[str]) -> list[tuple[str, dict[str, Any]]]:
-    """The page's events for one line of events.jsonl."""
+def translate(job: Job, event: dict[str, Any], base: str, done_lora: list[str], *,
+              latest: bool = True) -> list[tuple[str, dict[str, Any]]]:
+    """The page's events for one line of events.jsonl (`latest`: no line follows it yet)."""
     kind = event.get("type")
     if kind == "progress":
         return [("progress", {"step": event.get("step"), "total": event.get("total_steps"),
@@ -62,12 +63,15 @@ def translate(job: Job, event: dict[str, Any], base: str, done_lora: list[str]) 
         return []
     if kind == "state":
         state = event.get("state")
+        # The runner appends the final state event just before job.json takes it: wait for job.json, so that a
+        # page reading the job once its stream ended sees the state the stream announced (not for an earlier
+        # attempt's end that later lines follow: job.json holds the newer state then).
+        info = (_final_info(job) if latest else job.info) if state in runner.FINAL_STATES else {}
         out = [("state", {"state": state, "message": event.get("message")})]
         if state == "done":
-            lora = done_lora[-1] if done_lora else _final_info(job).get("lora_path")
+            lora = done_lora[-1] if done_lora else info.get("lora_path")
             out.append(("finished", {"lora": lora, "lora_name": Path(lora).name if lora else None}))
         elif state == "failed":
-            info = _final_info(job)
             out.append(("failed", {"message": event.get("message") or info.get("message"),
                                    "diagnosis": info.get("diagnosis"), "hint": info.get("hint")}))
         return out
@@ -95,8 +99,8 @@ def stream(job: Job, offset: int, *, base: str, poll_s: float, max_s: float) -> 
     yield "retry: 2000\n\n"
     while True:
         lines, end = lines_after(job, offset)
-        for line_end, event in lines:
-            for name, data in translate(job, event, base, done_lora):
+        for i, (line_end, event) in enumerate(lines):
+            for name, data in translate(job, event, base, done_lora, latest=i == len(lines) - 1):
                 yield _format(name, data, line_end)
                 last_sent = time.monotonic()
             offset = line_end

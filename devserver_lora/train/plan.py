@@ -482,18 +482,20 @@ def step_schedule(
     whole_epochs: bool = False,
 ) -> StepSchedule:
     """Kohya counts optimizer steps; an epoch is every image seen `repeats` times. Explicit `steps` win
-    (epochs rounded up to cover them; with `whole_epochs`, a plan off an epoch end says where a resumed run ends), then explicit `epochs`, else the epoch
-    count nearest the preset's `target_steps` (at least one)."""
+    (with `whole_epochs`, rounded up to an epoch's end), then explicit `epochs`, else the epoch count nearest
+    the preset's `target_steps` (at least one)."""
     per_epoch = max(1, math.ceil(math.ceil(num_images * repeats / batch) / accumulation))
     if steps is not None:
-        max_steps = int(steps)
-        n_epochs = max(1, math.ceil(max_steps / per_epoch))
+        requested = int(steps)
+        n_epochs = max(1, math.ceil(requested / per_epoch))
+        max_steps = n_epochs * per_epoch if whole_epochs and requested > 0 else requested  # 0 is refused later
         why = f"{max_steps} steps as requested ({n_epochs} epochs of {per_epoch} steps)"
-        if whole_epochs and max_steps != n_epochs * per_epoch:
-            # sd-scripts resumes at epoch starts only and restarts its step count per attempt (train_network.py),
-            # so after a resume a plan that ends mid-epoch runs on to the epoch's end: said now, not only then.
-            why += (f"; not whole epochs: after a resume sd-scripts ends at step {n_epochs * per_epoch}, so plan "
-                    f"--epochs {n_epochs} to end exactly where planned")
+        if max_steps != requested:
+            # sd-scripts resumes at epoch starts only and restarts its step count per attempt (train_network.py):
+            # a plan ending mid-epoch would end at the epoch's end after a resume, so the plan ends there always.
+            why = (f"{max_steps} steps: the {requested} requested, rounded up to {n_epochs} whole epochs of "
+                   f"{per_epoch} steps, because sd-scripts resumes only at an epoch's start and a cancelled and "
+                   f"resumed run must end where planned (the native backend keeps {requested}: --backend native)")
     elif epochs is not None:
         n_epochs = int(epochs)
         max_steps = n_epochs * per_epoch
@@ -591,7 +593,7 @@ def make_plan(
 
     schedule = step_schedule(
         n, hyper.repeats, batch, accumulation, pre.target_steps, steps=explicit_steps, epochs=explicit_epochs,
-        whole_epochs=backend == "kohya",
+        whole_epochs=backend != "native",  # a plan without a backend may run on Kohya
     )
     explanations.append(schedule.explanation)
     hyper = _final_hyperparameters(hyper, batch, accumulation, schedule)

@@ -136,14 +136,14 @@ def make_dataset(dataset_dir: Path, *, n: int = 4, trigger: str = "tinyobj", rep
 
 
 def make_job(jobs_dir: Path, dataset_dir: Path, *, family: str = "sd35_large", output_name: str = "tiny_sd3_lora",
-             overrides: dict | None = None):
+             overrides: dict | None = None, backend: str = "kohya"):
     """A job with a real plan (make_plan on a 32 GB card) in a real JobStore."""
     from devserver_lora.train.gpu import GpuInfo
     from devserver_lora.train.jobs import JobStore
     from devserver_lora.train.plan import make_plan
 
     gpu = GpuInfo(name="NVIDIA GeForce RTX 5090", vram_gb=32, compute_capability="12.0")
-    plan = make_plan(family, "quick_test", dataset_dir, gpu=gpu, overrides=overrides or {}, backend="kohya",
+    plan = make_plan(family, "quick_test", dataset_dir, gpu=gpu, overrides=overrides or {}, backend=backend,
                      output_name=output_name)
     card = json.loads((dataset_dir / "card.json").read_text())
     return JobStore(jobs_dir).create(plan, card=card)

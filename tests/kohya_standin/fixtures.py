@@ -20,10 +20,10 @@ class KohyaEnv:
     jobs_dir: Path
     settings: object
 
-    def job(self, output_name: str = "tiny_sd3_lora", **overrides):
-        base = {"max_train_steps": 6, "save_every_n_steps": 2, "repeats": 1, "batch_size": 1}
+    def job(self, output_name: str = "tiny_sd3_lora", *, planned_for: str = "kohya", **overrides):
+        base = {"max_train_steps": 8, "save_every_n_steps": 2, "repeats": 1, "batch_size": 1}  # 2 epochs of 4
         base.update(overrides)
-        return make_job(self.jobs_dir, self.dataset_dir, output_name=output_name, overrides=base)
+        return make_job(self.jobs_dir, self.dataset_dir, output_name=output_name, overrides=base, backend=planned_for)
 
 
 @pytest.fixture

@@ -17,8 +17,9 @@ batches without `--skip_until_initial_step`, whose step count is off by the skip
 epochs), so a resume goes back to the last epoch-end state. What sd-scripts still counts
 per attempt, we make absolute: the step in file names, progress and `ss_steps`
 (`ss_epoch` and epoch file names are absolute already). Since the step counter restarts,
-a resumed attempt ends when its epochs run out: at the planned step when the plan is
-whole epochs (what the plan makes of presets and --epochs; a warning otherwise).
+a resumed attempt ends when its epochs run out: at the planned step, because every plan that may
+run on Kohya is whole epochs (plan.step_schedule rounds requested steps up); a plan made for the
+native backend that is not gets a warning here.
 """
 
 from __future__ import annotations
@@ -334,7 +335,8 @@ class _RunState:
         self.published = attempt.published
         self._last_emit = 0.0
         self._unsent: kprog.StepLine | None = None
-        self._sent_step = -1
+        self._last_bar: kprog.StepLine | None = None
+        self._sent: tuple[int, float | None] = (-1, None)
         self.stopping = False
         self.stop_reason: str | None = None
         self.done = False
@@ -361,9 +363,17 @@ class _RunState:
         if isinstance(item, kprog.StepLine):
             self.watcher.loss(item.loss)
             self.last_step = self.attempt.offset + item.step
+            # sd-scripts draws a step twice: at progress_bar.update(1) still with the previous step's avr_loss
+            # (none on an attempt's first step), then, after sampling and step checkpoints, at set_postfix with
+            # its own. The first is held back (the tick sends it if the second is slow) so that an event carries
+            # its step's loss.
+            last, self._last_bar = self._last_bar, item
+            stale = item.step > 0 and (item.loss is None or (last is not None and item.step > last.step
+                                                            and item.loss == last.loss))
             self._unsent = item
             now = time.monotonic()
-            if now - self._last_emit >= self.interval or item.step >= item.total or kprog.is_nan(item.loss):
+            due = now - self._last_emit >= self.interval or item.step >= item.total
+            if kprog.is_nan(item.loss) or (due and not stale):
                 self.flush_progress()
         elif isinstance(item, kprog.EpochLine):
             self.epoch, self.total_epochs = item.epoch, item.total
@@ -388,11 +398,10 @@ class _RunState:
         if item is None:
             return
         step = self.attempt.offset + item.step
-        if step == self._sent_step and not kprog.is_nan(item.loss):
-            self._unsent = None
-            return
         self._unsent = None
-        self._sent_step = step
+        if (step, item.loss) == self._sent and not kprog.is_nan(item.loss):
+            return  # a redraw (a refresh, the bar's close); a step's own loss after its held-back draw is sent
+        self._sent = (step, item.loss)
         self._last_emit = time.monotonic()
         self.job.append_event(
             ProgressEvent(
@@ -464,7 +473,7 @@ def _warn_partial_epoch(job: Job, plan: TrainingPlan, offset: int) -> None:
         job.append_event(LogEvent(level="warning", message=(
             f"the plan's {total} steps are not whole epochs of {per_epoch} steps: sd-scripts restarts its step count "
             f"when it resumes (at step {offset}) and ends this run when its epochs run out, at step {end}; plan "
-            "whole epochs (--epochs) to end exactly")))
+            "the job for the kohya backend (its plans are whole epochs) to end exactly")))
 
 
 def _published_name(name: str, offset: int) -> tuple[str, int | None, int | None]:

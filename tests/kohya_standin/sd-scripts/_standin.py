@@ -425,6 +425,7 @@ def main(script: str) -> int:
     out(bar(0, total, None, 0.0).replace("00:00<00:00, 0.00it/s", "00:00<?, ?it/s"), end="\r")
     global_step = base = skip  # restarts after --resume, as recorded; the bar counts this attempt's steps from 0
     loss = 2.3
+    shown: float | None = None  # the bar's postfix: none until this attempt's first step has its loss
     for epoch in range(start_epoch + 1, epochs + 1):
         out(f"\nepoch {epoch}/{epochs}\n")
         for _ in range(per_epoch - skip):
@@ -435,7 +436,11 @@ def main(script: str) -> int:
             if FAIL in ("oom", "kill", "hang") and global_step >= FAIL_AT:
                 return fail(FAIL)
             loss = float("nan") if FAIL == "nan" and global_step >= FAIL_AT else 2.3 + 0.05 * ((global_step * 7) % 5)
-            out(bar(global_step - base, total - base, loss, 1.0 / max(STEP_S, 1e-3)), end="\r")
+            # train_network.py: progress_bar.update(1) draws the step with the previous postfix, then samples and
+            # step checkpoints, then set_postfix draws it again with this step's avr_loss (tqdm draws both when
+            # the step took longer than its mininterval, as every real GPU step does).
+            rate = 1.0 / max(STEP_S, 1e-3)
+            out(bar(global_step - base, total - base, shown, rate), end="\r")
             sample_images(args, None, global_step)
             if args.save_every_n_steps and global_step % args.save_every_n_steps == 0 and global_step < total:
                 path = out_dir / f"{name}-step{global_step:08d}.safetensors"
@@ -443,6 +448,8 @@ def main(script: str) -> int:
                 write_lora(path, args, attn2=attn2, epoch=epoch, step=global_step)
                 if args.save_state:
                     save_state(out_dir, f"{name}-step{global_step:08d}-state", epoch, global_step)
+            shown = loss
+            out(bar(global_step - base, total - base, shown, rate), end="\r")
         skip = 0
         if global_step >= total:
             break
