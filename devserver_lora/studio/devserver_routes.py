@@ -27,7 +27,7 @@ from werkzeug.datastructures import FileStorage
 
 from ..errors import DevserverLoraError
 from ..train import runner
-from ..train.backends import kohya_available
+from ..train.backends import auto_backend
 from ..train.card import DatasetCard
 from ..train.dataset.importers import is_image_name
 from ..train.families import get_family
@@ -35,7 +35,6 @@ from ..train.gpu import GpuInfo, detect_gpu
 from ..train.gpu_queue import is_queued
 from ..train.install import install_job, trained_on
 from ..train.memory import Workload, choose_memory_plan
-from ..train.plan import BackendName
 from ..train.presets import get_preset
 from .api_jobs import check_can_start, pin_model, plan_samples
 from .datasets import dataset_dir, receive, remove_dataset
@@ -193,8 +192,8 @@ def register(bp: Blueprint, studio: Studio) -> None:
             folder = receive(config, user, name, files, family=FAMILY)
             card.write(folder / "card.json")
             # The backend is chosen now, as `auto` would at the start: the plan's steps follow it (Kohya: whole epochs).
-            backend: BackendName = "kohya" if kohya_available(config.settings) else "native"
-            req = PlanRequest(dataset=name, family=FAMILY, preset=PRESET, output_name=project, backend=backend,
+            req = PlanRequest(dataset=name, family=FAMILY, preset=PRESET, output_name=project,
+                              backend=auto_backend(config.settings),
                               trigger=triggers[0] if triggers else None, overrides=dict(config.devserver_overrides))
             planned = plan_for(config, user, req)
         except StudioRefusal as exc:

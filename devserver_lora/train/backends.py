@@ -44,6 +44,11 @@ def kohya_available(settings: Settings | None, kohya_dir: Path | str | None = No
     return True
 
 
+def auto_backend(settings: Settings | None, kohya_dir: Path | str | None = None) -> Literal["kohya", "native"]:
+    """What `auto` means here: Kohya if a valid Kohya install is configured, else native."""
+    return "kohya" if kohya_available(settings, kohya_dir) else "native"
+
+
 def get_backend(name: str, settings: Settings | None, **options: Any) -> Backend:
     """`kohya`, `native`, or `auto` (Kohya if a valid Kohya install is configured, else native).
 
@@ -53,7 +58,7 @@ def get_backend(name: str, settings: Settings | None, **options: Any) -> Backend
     if name not in BACKEND_NAMES:
         raise BackendError(f"unknown backend {name!r}", hint=f"choose one of: {', '.join(BACKEND_NAMES)}")
     if name == "auto":
-        name = "kohya" if kohya_available(settings, options.get("kohya_dir")) else "native"
+        name = auto_backend(settings, options.get("kohya_dir"))
     if name == "kohya":
         from .kohya.backend import KohyaBackend
 
